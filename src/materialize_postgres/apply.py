@@ -1,0 +1,185 @@
+"""Apply: bring the database in line with a materialization spec.
+
+`plan()` compares the spec with what exists and returns the actions to take, each a group of
+statements run in one transaction (PostgreSQL DDL is transactional, so a table is created with
+its comments, enum types and the user's additional SQL, or not at all). `plan()` changes nothing,
+which is what `materialize-postgres plan` prints; `execute()` runs a plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psycopg
+
+from .config import EndpointConfig
+from .identifiers import quote
+from .introspect import ExistingTable, existing_schemas, existing_tables, lookup
+from .migrations import migration_cast
+from .protocol.messages import MaterializationSpec
+from .sql import ddl
+from .tables import Column, Table, build_table, checkpoints_path
+from .validate import last_bindings
+
+
+class ApplyError(RuntimeError):
+    """A statement of Apply failed; the message quotes it."""
+
+
+@dataclass
+class Action:
+    description: str
+    statements: list[str] = field(default_factory=list)
+    # Enum values cannot be added inside a transaction block that later uses them, so they run alone.
+    autocommit: bool = False
+
+
+def plan(conn: psycopg.Connection, spec: MaterializationSpec, cfg: EndpointConfig,
+         last: MaterializationSpec | None = None) -> list[Action]:
+    tables = [build_table(i, b, cfg, spec.name) for i, b in enumerate(spec.bindings)]
+    ckpt_path = checkpoints_path(cfg)
+    existing = existing_tables(conn, [t.path for t in tables] + [ckpt_path])
+    actions = _schema_actions(conn, cfg, tables)
+    if lookup(existing, ckpt_path) is None:
+        create, comments = ddl.checkpoints_table(ckpt_path)
+        actions.append(Action(ddl.render(create, comments), [create, *comments]))
+    previous = last_bindings(last)
+    for table in tables:
+        prior = previous.get(tuple(table.path))
+        current = lookup(existing, table.path)
+        actions += _table_actions(table, current, prior.backfill if prior else None, cfg)
+    return actions
+
+
+def _schema_actions(conn: psycopg.Connection, cfg: EndpointConfig, tables: list[Table]) -> list[Action]:
+    have = existing_schemas(conn)
+    wanted = [cfg.schema_name] + [t.schema for t in tables]
+    out: list[Action] = []
+    for schema in dict.fromkeys(wanted):
+        if schema and schema not in have:
+            stmt = f"CREATE SCHEMA IF NOT EXISTS {quote(schema)};"
+            out.append(Action(stmt, [stmt]))
+    return out
+
+
+def _create_actions(table: Table) -> list[Action]:
+    create, comments = ddl.create_table(table)
+    statements = [ddl.create_enum(c.type) for c in table.columns if c.type.enum_type]
+    statements += [create, *comments]
+    if table.resource.additional_table_create_sql:
+        statements.append(table.resource.additional_table_create_sql)
+    return [Action(ddl.render(create, comments), statements)]
+
+
+def _table_actions(table: Table, current: ExistingTable | None, prior_backfill: int | None,
+                   cfg: EndpointConfig) -> list[Action]:
+    if current is None:
+        return _create_actions(table)
+    flags = cfg.feature_flags()
+    if prior_backfill is not None and prior_backfill != table.backfill:
+        return _backfill_actions(table, current, flags)
+    return _alter_actions(table, current)
+
+
+def _backfill_actions(table: Table, current: ExistingTable, flags: dict[str, bool]) -> list[Action]:
+    keys_same = all(current.column(k.field) is not None for k in table.keys)
+    fits = keys_same and all(_column_fits(c, current) for c in table.columns)
+    if fits and not flags.get("always_drop_tables_on_backfill"):
+        actions = []
+        if not flags.get("retain_existing_data_on_backfill"):
+            stmt = ddl.truncate_table(table)
+            actions.append(Action(stmt, [stmt]))
+        return actions + _alter_actions(table, current)
+    if flags.get("retain_existing_data_on_backfill") and not flags.get("always_drop_tables_on_backfill"):
+        raise ApplyError(
+            f"table {'.'.join(table.path)} must be replaced for this backfill, but the feature flag "
+            "'retain_existing_data_on_backfill' asks to keep its data: remove the flag to continue"
+        )
+    stmt = ddl.drop_table(table)
+    return [Action(stmt, [stmt]), *_create_actions(table)]
+
+
+def _column_fits(column: Column, current: ExistingTable) -> bool:
+    existing = current.column(column.field)
+    if existing is None:
+        return True
+    if column.type.is_compatible(existing.data_type, existing.udt_name):
+        return True
+    return not column.is_key and migration_cast(existing, column.type, column.ident) is not None
+
+
+def _alter_actions(table: Table, current: ExistingTable) -> list[Action]:
+    selected = {c.field for c in table.columns}
+    add = [c for c in table.columns if current.column(c.field) is None]
+    drop_not_null: list[str] = []
+    for c in table.columns:
+        existing = current.column(c.field)
+        if existing is not None and not existing.nullable and not c.not_null and not c.is_key:
+            drop_not_null.append(existing.name)
+    key_names = {k.field for k in table.keys}
+    for name, existing in current.columns.items():
+        if name not in selected and not existing.nullable and name not in key_names and not _is_truncated_of(
+            name, selected
+        ):
+            drop_not_null.append(name)
+    actions: list[Action] = []
+    enum_columns = [c for c in table.columns if c.type.enum_type]
+    new_enums = [c for c in add if c.type.enum_type]
+    if new_enums:
+        actions.append(Action("", [ddl.create_enum(c.type) for c in new_enums]))
+    existing_enums = [c for c in enum_columns if c not in new_enums]
+    if existing_enums:
+        stmts = [s for c in existing_enums for s in [ddl.create_enum(c.type), *ddl.add_enum_values(c.type)]]
+        actions.append(Action("", stmts, autocommit=True))
+    if add or drop_not_null:
+        stmt = ddl.alter_table(table, add, drop_not_null)
+        actions.append(Action(stmt, [stmt]))
+    for c in table.columns:
+        existing = current.column(c.field)
+        if existing is None or c.is_key or c.type.is_compatible(existing.data_type, existing.udt_name):
+            continue
+        cast = migration_cast(existing, c.type, c.ident)
+        if cast is None:
+            continue  # Validate reported it as incompatible; a backfill replaces the table.
+        stmts = [ddl.create_enum(c.type)] if c.type.enum_type else []
+        migrate = ddl.migrate_column(table, c, cast)
+        stmts.append(migrate)
+        if c.not_null and existing.nullable is False:
+            pass
+        actions.append(Action(migrate, stmts))
+    return actions
+
+
+def _is_truncated_of(name: str, selected: set[str]) -> bool:
+    from .identifiers import truncate
+
+    return any(truncate(f) == name for f in selected)
+
+
+def describe(actions: list[Action]) -> str:
+    return "\n".join(a.description for a in actions if a.description)
+
+
+def execute(conn: psycopg.Connection, actions: list[Action]) -> None:
+    for action in actions:
+        if action.autocommit:
+            conn.commit()
+            prior = conn.autocommit
+            conn.autocommit = True
+            try:
+                for stmt in action.statements:
+                    _run(conn, stmt)
+            finally:
+                conn.autocommit = prior
+            continue
+        with conn.transaction():
+            for stmt in action.statements:
+                _run(conn, stmt)
+    conn.commit()
+
+
+def _run(conn: psycopg.Connection, stmt: str) -> None:
+    try:
+        conn.execute(stmt.encode())  # bytes: no client-side parameter parsing of '%' in user SQL
+    except psycopg.Error as err:
+        raise ApplyError(f"executing statement {stmt.strip()!r}: {str(err).strip()}") from None

@@ -1,0 +1,149 @@
+"""The request loop on stdin/stdout: one compact JSON message per line in each direction.
+
+The runtime sends `spec` first on every stream, then `validate`, `apply` or `open`. After `open`
+each transaction is `acknowledge`, `load`*, `flush`, `store`*, `startCommit`, strictly in that
+order. Anything else is a protocol error: it is reported with its line number and the process
+exits non-zero, which rolls back whatever the transaction had written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import BinaryIO
+
+import msgspec
+
+from .. import driver
+from .messages import (
+    Acknowledged,
+    Flushed,
+    Response,
+    StartedCommit,
+    Validated,
+    decode_request,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+_ACK, _LOAD, _STORE = "acknowledge", "load", "store"
+_EXPECTED = {
+    _ACK: "acknowledge",
+    _LOAD: "load or flush",
+    _STORE: "store or startCommit",
+}
+
+
+class ProtocolError(RuntimeError):
+    pass
+
+
+class Output:
+    def __init__(self, out: BinaryIO):
+        self.out = out
+
+    def send(self, resp: Response, flush: bool = True) -> None:
+        self.out.write(encode(resp) + b"\n")
+        if flush:
+            self.out.flush()
+
+    def loaded(self, binding: int, doc: bytes) -> None:
+        # The hot path of loads: write the line directly rather than building a Struct.
+        if binding:
+            self.out.write(b'{"loaded":{"binding":%d,"doc":%s}}\n' % (binding, doc))
+        else:
+            self.out.write(b'{"loaded":{"doc":%s}}\n' % doc)
+
+
+def serve(inp: BinaryIO, out: BinaryIO) -> None:
+    output = Output(out)
+    session: driver.Session | None = None
+    state = _ACK
+    line_no = 0
+    txn_stats = _Stats()
+    try:
+        for line in inp:
+            line_no += 1
+            if not line.strip():
+                continue
+            try:
+                req = decode_request(line)
+            except msgspec.DecodeError as err:
+                raise ProtocolError(f"line {line_no}: malformed request: {err}") from None
+            kind = req.kind()
+            if not kind:
+                raise ProtocolError(f"line {line_no}: the request carries no known message")
+            if session is None:
+                session = _unary(kind, req, output, line_no)
+                continue
+            state = _transaction_step(session, state, kind, req, output, line_no, txn_stats)
+        if session is not None and state != _ACK:
+            raise ProtocolError(
+                f"input ended after line {line_no} in the middle of a transaction (waiting for "
+                f"{_EXPECTED[state]}); nothing of that transaction was committed"
+            )
+    finally:
+        if session is not None:
+            session.close()
+
+
+def _unary(kind: str, req, output: Output, line_no: int) -> driver.Session | None:  # noqa: ANN001
+    if kind == "spec":
+        output.send(Response(spec=driver.spec()))
+    elif kind == "validate":
+        validated: Validated = driver.do_validate(req.validate)
+        output.send(Response(validated=validated))
+    elif kind == "apply":
+        output.send(Response(applied=driver.do_apply(req.apply)))
+    elif kind == "open":
+        session = driver.Session(req.open)
+        output.send(Response(opened=session.opened))
+        return session
+    else:
+        raise ProtocolError(
+            f"line {line_no}: unexpected {kind!r} before 'open' (expected spec, validate, apply or open)"
+        )
+    return None
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loads = self.loaded = self.stores = self.store_bytes = 0
+        self.started = time.monotonic()
+
+
+def _transaction_step(session: driver.Session, state: str, kind: str, req, output: Output,  # noqa: ANN001
+                      line_no: int, stats: _Stats) -> str:
+    t = session.transactor
+    if state == _ACK and kind == "acknowledge":
+        output.send(Response(acknowledged=Acknowledged()))
+        stats.reset()
+        return _LOAD
+    if state == _LOAD and kind == "load":
+        t.load(req.load)
+        stats.loads += 1
+        return _LOAD
+    if state == _LOAD and kind == "flush":
+        stats.loaded = t.flush(output.loaded)
+        output.send(Response(flushed=Flushed()))
+        return _STORE
+    if state == _STORE and kind == "store":
+        t.store(req.store)
+        stats.stores += 1
+        doc = req.store.doc
+        stats.store_bytes += len(doc) or len(req.store.values_packed)
+        return _STORE
+    if state == _STORE and kind == "startCommit":
+        t.start_commit(bytes(req.start_commit.runtime_checkpoint) or None)
+        output.send(Response(started_commit=StartedCommit()))
+        elapsed = time.monotonic() - stats.started
+        log.info("transaction committed", extra={"fields": {
+            "loads": stats.loads, "loaded": stats.loaded, "stores": stats.stores,
+            "storedBytes": stats.store_bytes, "seconds": round(elapsed, 3),
+        }})
+        return _ACK
+    raise ProtocolError(f"line {line_no}: unexpected {kind!r} message (expected {_EXPECTED[state]})")

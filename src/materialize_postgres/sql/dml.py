@@ -1,0 +1,104 @@
+"""Statements of the transaction path: fencing, loads, set-based merges and deletes."""
+
+from __future__ import annotations
+
+from ..identifiers import quote
+from ..tables import Column, Table
+
+
+def temp_name(prefix: str, table: Table) -> str:
+    return f"flow_{prefix}_{table.binding}"
+
+
+def create_temp(name: str, columns: list[tuple[Column, str]]) -> str:
+    cols = ",\n".join(f"\t{c.ident} {data_type} NOT NULL" if c.is_key else f"\t{c.ident} {data_type}"
+                      for c, data_type in columns)
+    return f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} (\n{cols}\n) ON COMMIT DELETE ROWS;"
+
+
+def copy_into(ident: str, columns: list[Column]) -> str:
+    return f"COPY {ident} ({', '.join(c.ident for c in columns)}) FROM STDIN (FORMAT BINARY)"
+
+
+def _join(table: Table, left: str = "l", right: str = "r") -> str:
+    return " AND ".join(f"{left}.{k.ident} = {right}.{k.ident}" for k in table.keys)
+
+
+def load_query(table: Table, temp: str) -> str:
+    assert table.document is not None
+    return (
+        f"SELECT {table.binding}, r.{table.document.ident}::text FROM {temp} AS l "
+        f"JOIN {table.ident} AS r ON {_join(table)}"
+    )
+
+
+def load_query_rebuilt(table: Table, temp: str) -> str:
+    """no_flow_document: rebuild each document from its top-level columns."""
+    pairs: list[str] = []
+    for c in [*table.keys, *table.values]:
+        if c.projection.ptr.count("/") != 1:
+            continue
+        name = c.projection.ptr[1:].replace("~1", "/").replace("~0", "~")
+        expr = f"r.{c.ident}"
+        if c.type.uncast and not (c.is_key and c.type.ddl == "TEXT"):
+            expr = c.type.uncast.format(c=expr)
+        pairs.append(f"'{name.replace(chr(39), chr(39) * 2)}', {expr}")
+    # JSONB_BUILD_OBJECT takes at most 100 arguments: build in chunks and concatenate.
+    chunks = [pairs[i : i + 49] for i in range(0, len(pairs), 49)] or [[]]
+    obj = " || ".join("JSONB_BUILD_OBJECT(" + ", ".join(ch) + ")" for ch in chunks)
+    optional = [c for c in [*table.keys, *table.values] if not c.not_null and c.projection.ptr.count("/") == 1]
+    if optional:
+        # Absent optional fields come back absent, not as explicit nulls.
+        obj = f"jsonb_strip_nulls({obj})" if len(optional) else obj
+    return (
+        f"SELECT {table.binding}, ({obj})::text FROM {table.ident} AS r "
+        f"JOIN {temp} AS l ON {_join(table)}"
+    )
+
+
+def merge_update(table: Table, staging: str) -> str | None:
+    cols = [*table.values, *([table.document] if table.document else [])]
+    if not cols:
+        return None
+    sets = ", ".join(f"{c.ident} = l.{c.ident}" for c in cols)
+    return f"UPDATE {table.ident} AS r SET {sets} FROM {staging} AS l WHERE {_join(table)}"
+
+
+def row_update(table: Table) -> str | None:
+    cols = [*table.values, *([table.document] if table.document else [])]
+    if not cols:
+        return None
+    sets = ", ".join(f"{c.ident} = %s" for c in cols)
+    where = " AND ".join(f"{k.ident} = %s" for k in table.keys)
+    return f"UPDATE {table.ident} SET {sets} WHERE {where}"
+
+
+def delete_keys(table: Table, staging: str) -> str:
+    return f"DELETE FROM {table.ident} AS r USING {staging} AS l WHERE {_join(table)}"
+
+
+def install_fence(ckpt: str) -> tuple[str, str, str]:
+    bump = (
+        f"UPDATE {ckpt} SET fence = fence + 1 "
+        "WHERE materialization = %s AND key_end >= %s AND key_begin <= %s"
+    )
+    covering = (
+        f"SELECT fence, key_begin, key_end, checkpoint FROM {ckpt} "
+        "WHERE materialization = %s AND key_begin <= %s AND key_end >= %s "
+        "ORDER BY key_end - key_begin ASC LIMIT 1"
+    )
+    insert = (
+        f"INSERT INTO {ckpt} (materialization, key_begin, key_end, fence, checkpoint) "
+        "VALUES (%s, %s, %s, %s, %s)"
+    )
+    return bump, covering, insert
+
+
+def update_fence(ckpt: str) -> str:
+    return (
+        f"UPDATE {ckpt} SET checkpoint = %s "
+        "WHERE materialization = %s AND key_begin = %s AND key_end = %s AND fence = %s"
+    )
+
+
+__all__ = ["quote"]
