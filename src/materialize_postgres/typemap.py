@@ -227,28 +227,43 @@ def _as_date(v: Any) -> dt.date:
 
 
 _TS_FIX = str.maketrans({"t": "T", "z": "Z", " ": "T"})
+_FRACTION = re.compile(r"\.(\d+)")
+
+
+def _split_fraction(s: str) -> tuple[str, int]:
+    """Seconds' fraction rounded to microseconds, as PostgreSQL rounds it (Python truncates)."""
+    m = _FRACTION.search(s)
+    if not m:
+        return s, 0
+    digits = m.group(1)
+    micros = round(int(digits) / 10 ** (len(digits) - 6)) if len(digits) > 6 else int(digits.ljust(6, "0"))
+    return s[: m.start()] + s[m.end() :], micros
 
 
 def _as_timestamp(v: Any) -> dt.datetime:
     s = _as_text(v).translate(_TS_FIX)
     if s.startswith("0000-"):
         return dt.datetime(1, 1, 1, tzinfo=dt.UTC)
+    whole, micros = _split_fraction(s)
     try:
-        ts = dt.datetime.fromisoformat(s)
+        ts = dt.datetime.fromisoformat(whole)
     except ValueError:
         raise ValueError_(f"{s!r} is not an RFC 3339 date-time between years 1 and 9999") from None
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=dt.UTC)
-    return ts
+    return ts + dt.timedelta(microseconds=micros)
 
 
 def _as_time(v: Any) -> dt.time:
     s = _as_text(v).translate(_TS_FIX)
+    whole, micros = _split_fraction(s)
     try:
         # A TIME column keeps no zone: PostgreSQL drops it on input, and so do we.
-        return dt.time.fromisoformat(s).replace(tzinfo=None)
+        t = dt.time.fromisoformat(whole).replace(tzinfo=None)
     except ValueError:
         raise ValueError_(f"{s!r} is not a time of day (HH:MM:SS[.frac][zone])") from None
+    full = dt.datetime.combine(dt.date(2000, 1, 1), t) + dt.timedelta(microseconds=micros)
+    return full.time() if full.date() == dt.date(2000, 1, 1) else dt.time(23, 59, 59, 999999)
 
 
 _DURATION = re.compile(

@@ -222,11 +222,19 @@ class ConnectorState(Struct, omit_defaults=True, rename="camel"):
     merge_patch: bool = False
 
 
+PROTOCOL_VERSION = 3032023
+
+
 class SpecResponse(Struct, omit_defaults=True, rename="camel"):
-    protocol: int = 3032023
+    protocol: int = 0
     config_schema: Raw = EMPTY
     resource_config_schema: Raw = EMPTY
     documentation_url: str = ""
+
+    def __post_init__(self) -> None:
+        # The protocol version must always be written, so it cannot be an omitted default.
+        if not self.protocol:
+            self.protocol = PROTOCOL_VERSION
 
 
 class Constraint(Struct, omit_defaults=True, rename="camel"):

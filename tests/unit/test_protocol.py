@@ -1,0 +1,125 @@
+"""The JSON codec reads and writes Flow's materialization messages exactly as the runtime does."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import fdb.tuple
+import msgspec
+import pytest
+
+from materialize_postgres.protocol.messages import (
+    Acknowledged,
+    Applied,
+    Constraint,
+    Flushed,
+    Loaded,
+    Opened,
+    Response,
+    SpecResponse,
+    StartedCommit,
+    Validated,
+    ValidatedBinding,
+    decode_request,
+    encode,
+    raw,
+)
+from materialize_postgres.protocol.tuples import TupleError, unpack, unpack_json
+
+
+def test_every_request_kind_decodes_with_defaults_omitted() -> None:
+    lines = {
+        "spec": b'{"spec":{"connectorType":"IMAGE","config":{}}}',
+        "validate": b'{"validate":{"name":"a/b","config":{"x":1},"bindings":[{"resourceConfig":{"table":"t"},'
+        b'"collection":{"name":"c","key":["/id"],"projections":[{"ptr":"/id","field":"id","isPrimaryKey":true,'
+        b'"inference":{"types":["integer"],"exists":"MUST"}}]},"fieldConfig":{"id":{"DDL":"INT"}},"backfill":2}]}}',
+        "apply": b'{"apply":{"materialization":{"name":"a/b","bindings":[]},"version":"v1"}}',
+        "open": b'{"open":{"materialization":{"name":"a/b"},"range":{"keyEnd":4294967295,"rClockEnd":4294967295},'
+        b'"state":{}}}',
+        "acknowledge": b'{"acknowledge":{}}',
+        "load": b'{"load":{"keyPacked":"FQE="}}',
+        "flush": b'{"flush":{}}',
+        "store": b'{"store":{"binding":1,"keyPacked":"FQE=","valuesPacked":"AmEA","doc":{"id":1},"exists":true}}',
+        "startCommit": b'{"startCommit":{"runtimeCheckpoint":{"sources":{"j":{"readThrough":"12"}}}}}',
+    }
+    for kind, line in lines.items():
+        assert decode_request(line).kind() == kind
+
+    load = decode_request(lines["load"]).load
+    assert load is not None and load.binding == 0 and load.key_packed == b"\x15\x01"
+    store = decode_request(lines["store"]).store
+    assert store is not None and store.exists and not store.delete and bytes(store.doc) == b'{"id":1}'
+    opened = decode_request(lines["open"]).open
+    assert opened is not None and opened.range.key_begin == 0 and opened.range.key_end == 0xFFFFFFFF
+    validate = decode_request(lines["validate"]).validate
+    assert validate is not None
+    assert validate.bindings[0].backfill == 2
+    assert validate.bindings[0].collection.projections[0].inference.must_exist
+    assert json.loads(bytes(validate.bindings[0].field_config["id"])) == {"DDL": "INT"}
+
+
+def test_unknown_fields_are_ignored() -> None:
+    req = decode_request(b'{"load":{"keyPacked":"FQE=","someFutureField":[1,2]},"$internal":"AAE="}')
+    assert req.kind() == "load"
+
+
+def test_documents_stay_raw() -> None:
+    doc = b'{"b":1,"a":{"z":[1,2,3]},"s":"\xc3\xa9"}'
+    store = decode_request(b'{"store":{"keyPacked":"FQE=","doc":' + doc + b"}}").store
+    assert store is not None and bytes(store.doc) == doc
+
+
+def test_responses_are_one_compact_line_with_camel_case_names() -> None:
+    cases = [
+        (Response(spec=SpecResponse(config_schema=raw({"type": "object"}), resource_config_schema=raw({}),
+                                    documentation_url="u")),
+         {"spec": {"protocol": 3032023, "configSchema": {"type": "object"}, "resourceConfigSchema": {},
+                   "documentationUrl": "u"}}),
+        (Response(validated=Validated(bindings=[ValidatedBinding(
+            constraints={"id": Constraint(type="LOCATION_REQUIRED", reason="key")},
+            resource_path=["public", "t"], delta_updates=True)])),
+         {"validated": {"bindings": [{"constraints": {"id": {"type": "LOCATION_REQUIRED", "reason": "key"}},
+                                      "resourcePath": ["public", "t"], "deltaUpdates": True}]}}),
+        (Response(applied=Applied(action_description="CREATE")), {"applied": {"actionDescription": "CREATE"}}),
+        (Response(opened=Opened(runtime_checkpoint=raw({"sources": {}}))),
+         {"opened": {"runtimeCheckpoint": {"sources": {}}}}),
+        (Response(opened=Opened()), {"opened": {}}),
+        (Response(acknowledged=Acknowledged()), {"acknowledged": {}}),
+        (Response(loaded=Loaded(binding=0, doc=raw({"a": 1}))), {"loaded": {"doc": {"a": 1}}}),
+        (Response(loaded=Loaded(binding=2, doc=raw({"a": 1}))), {"loaded": {"binding": 2, "doc": {"a": 1}}}),
+        (Response(flushed=Flushed()), {"flushed": {}}),
+        (Response(started_commit=StartedCommit()), {"startedCommit": {}}),
+    ]
+    for resp, expected in cases:
+        line = encode(resp)
+        assert b"\n" not in line
+        assert json.loads(line) == expected
+
+
+def test_malformed_lines_raise() -> None:
+    with pytest.raises(msgspec.DecodeError):
+        decode_request(b'{"load":{"keyPacked":')
+    with pytest.raises(msgspec.DecodeError):
+        decode_request(b'{"load":{"binding":"one"}}')
+
+
+@pytest.mark.parametrize(
+    ("b64", "expected"),
+    [("FQE=", [1]), ("AmEA", ["a"]), ("FSoCaGkA", [42, "hi"]), ("JwA=", [True, None]), ("E+E=", [-30])],
+)
+def test_packed_tuples_from_flow(b64: str, expected: list) -> None:
+    assert unpack(base64.b64decode(b64)) == expected
+
+
+def test_tuple_elements_round_trip() -> None:
+    values = [0, -1, -(2**63), 2**64 - 1, 1.5, -2.25, float("inf"), "é\x00x", True, False, None]
+    assert unpack(fdb.tuple.pack(tuple(values))) == values
+    nested = b'{"a":[1,{"b":null}]}'
+    assert unpack(fdb.tuple.pack((nested,))) == [nested]
+    assert unpack_json(fdb.tuple.pack((nested, 3))) == [{"a": [1, {"b": None}]}, 3]
+
+
+def test_a_broken_tuple_is_a_clear_error() -> None:
+    with pytest.raises(TupleError, match="cannot be decoded"):
+        unpack(b"\x15")
