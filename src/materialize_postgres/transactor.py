@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 import psycopg
 from psycopg import errors as pgerr
+from psycopg.copy import QueuedLibpqWriter
 
 from .checkpoint import json_to_stored, stored_to_json
 from .config import EndpointConfig
@@ -66,6 +67,9 @@ class BindingState:
     inserts: list[list[Any]] = field(default_factory=list)
     updates: list[list[Any]] = field(default_factory=list)
     deletes: list[list[Any]] = field(default_factory=list)
+    # Top-level scalar fields can be read from the parsed document, which is cheaper than
+    # decoding packed tuples; None when some field needs the tuple (nested, default, JSON...).
+    fast_fields: list[str] | None = None
     staged_bytes: int = 0
     has_updates: bool = False
     has_deletes: bool = False
@@ -99,7 +103,8 @@ class Transactor:
         self.fence = 0
         self.bindings = self._bindings()
         self.staged_bytes = 0
-        self.stats: dict[str, int] = {}
+        self.stream: CopyStream | None = None
+        self._create_temp_tables()
 
     # ----------------------------------------------------------------------------------------
     # Open.
@@ -122,8 +127,21 @@ class Transactor:
                 raise TransactionError(
                     f"table {'.'.join(t.path)} has no column for field(s) {', '.join(missing)}: run Apply first"
                 )
-            out.append(BindingState(t, _writer(t.keys, types), _writer(t.columns, types)))
+            out.append(BindingState(t, _writer(t.keys, types), _writer(t.columns, types),
+                                    fast_fields=_fast_fields(t, self.spec.bindings[t.binding].collection.uuid_ptr)))
         return out
+
+    def _create_temp_tables(self) -> None:
+        """Key tables for loads, staging tables for merges and deletes; emptied at every commit."""
+        for b in self.bindings:
+            t = b.table
+            if t.delta_updates:
+                continue
+            self.load_conn.execute(dml.create_temp(dml.temp_name("load", t), _typed(b.key_writer)))
+            self.store_conn.execute(dml.create_temp(dml.temp_name("store", t), _typed(b.row_writer)))
+            self.store_conn.execute(dml.create_temp(dml.temp_name("delete", t), _typed(b.key_writer)))
+        self.load_conn.commit()
+        self.store_conn.commit()
 
     def open(self) -> bytes:
         """Install our fence over the shard's key range; return the checkpoint to resume from."""
@@ -167,9 +185,10 @@ class Transactor:
     def _send_load_keys(self, b: BindingState) -> None:
         if not b.load_keys:
             return
-        temp = dml.temp_name("load", b.table)
-        self._ensure_temp(self.load_conn, b, temp, b.table.keys)
-        self._copy(self.load_conn, temp, b.key_writer, b.load_keys, b.table)
+        stream = CopyStream(self.load_conn, b, "load", dml.temp_name("load", b.table), b.key_writer)
+        for key in b.load_keys:
+            stream.write(key)
+        stream.close()
         b.load_keys = []
         b.has_loads = True
 
@@ -200,62 +219,90 @@ class Transactor:
     # Store.
 
     def store(self, msg: Store) -> None:
-        b = self.binding(msg.binding)
+        try:
+            b = self.bindings[msg.binding]
+        except IndexError:
+            b = self.binding(msg.binding)  # raises the descriptive error
         t = b.table
-        key = _key_values(msg.key, msg.key_packed)
         if msg.delete and self.hard_delete and not t.delta_updates:
             if msg.exists:  # deleting a key that was never stored writes nothing
-                b.deletes.append(self._convert(b, b.key_writer, key, key))
-                self._account(b, 64)
+                key = _key_values(msg.key, msg.key_packed)
+                self._route(b, "delete", self._convert(b, b.key_writer, key, key), 64)
             return
+        row = self._row(b, msg)
+        converted = self._convert(b, b.row_writer, row, row[: len(t.keys)])
+        size = len(msg.values_packed) + len(msg.key_packed) + len(msg.doc) + 16
+        self._route(b, "update" if msg.exists and not t.delta_updates else "insert", converted, size)
+
+    def _row(self, b: BindingState, msg: Store) -> list[Any]:
+        t = b.table
+        doc = msg.doc
+        if t.document is not None and not len(doc):
+            raise TransactionError(f"store for binding {msg.binding} ({t.collection}) has no document")
+        if b.fast_fields is not None and len(doc) and not len(msg.values):
+            parsed = _json.decode(doc)
+            if type(parsed) is dict:
+                row = [parsed.get(f) for f in b.fast_fields]
+                row.append(bytes(doc))
+                return row
+        key = _key_values(msg.key, msg.key_packed)
         values = _key_values(msg.values, msg.values_packed)
-        if len(values) != len(t.values):
+        if len(values) != len(t.values) or len(key) != len(t.keys):
             raise TransactionError(
-                f"store for binding {msg.binding} ({t.collection}) has {len(values)} value(s) but the field "
-                f"selection has {len(t.values)}"
+                f"store for binding {msg.binding} ({t.collection}) has {len(key)} key and {len(values)} value "
+                f"field(s), but the field selection has {len(t.keys)} and {len(t.values)}"
             )
         row = [*key, *values]
         if t.document is not None:
-            if not len(msg.doc):
-                raise TransactionError(f"store for binding {msg.binding} ({t.collection}) has no document")
-            row.append(bytes(msg.doc))
-        converted = self._convert(b, b.row_writer, row, key)
-        size = len(msg.values_packed) + len(msg.key_packed) + len(msg.doc)
-        if msg.exists and not t.delta_updates:
-            b.updates.append(converted)
-        else:
-            b.inserts.append(converted)
-        self._account(b, size + 16)
+            row.append(bytes(doc))
+        return row
 
-    def _account(self, b: BindingState, size: int) -> None:
-        b.staged_bytes += size
+    # Rows reach PostgreSQL through one COPY stream at a time. The stream stays open while stores
+    # keep coming for the same binding and kind, so the server ingests while we decode; rows of
+    # another binding or kind wait in memory until the byte budget is spent, then everything
+    # is sent.
+
+    def _route(self, b: BindingState, kind: str, row: list[Any], size: int) -> None:
+        stream = self.stream
+        if stream is not None and stream.binding is b and stream.kind == kind:
+            stream.write(row)
+            return
+        if stream is None and self.staged_bytes == 0:
+            self.stream = self._open_stream(b, kind)
+            self.stream.write(row)
+            return
+        getattr(b, kind + "s").append(row)
         self.staged_bytes += size
         if self.staged_bytes >= BUFFER_BYTES:
             self._send_staged()
 
-    def _send_staged(self) -> None:
-        for b in self.bindings:
-            self._send_binding(b)
-        self.staged_bytes = 0
-
-    def _send_binding(self, b: BindingState) -> None:
+    def _open_stream(self, b: BindingState, kind: str) -> CopyStream:
         t = b.table
-        if b.inserts:
-            self._copy(self.store_conn, t.ident, b.row_writer, b.inserts, t)
-            b.inserts = []
-        if b.updates:
-            staging = dml.temp_name("store", t)
-            self._ensure_temp(self.store_conn, b, staging, t.columns)
-            self._copy(self.store_conn, staging, b.row_writer, b.updates, t)
-            b.updates = []
+        if kind == "insert":
+            return CopyStream(self.store_conn, b, kind, t.ident, b.row_writer)
+        if kind == "update":
             b.has_updates = True
-        if b.deletes:
-            staging = dml.temp_name("delete", t)
-            self._ensure_temp(self.store_conn, b, staging, t.keys)
-            self._copy(self.store_conn, staging, b.key_writer, b.deletes, t)
-            b.deletes = []
-            b.has_deletes = True
-        b.staged_bytes = 0
+            return CopyStream(self.store_conn, b, kind, dml.temp_name("store", t), b.row_writer)
+        b.has_deletes = True
+        return CopyStream(self.store_conn, b, kind, dml.temp_name("delete", t), b.key_writer)
+
+    def _close_stream(self) -> None:
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            stream.close()
+
+    def _send_staged(self) -> None:
+        self._close_stream()
+        for b in self.bindings:
+            for kind in ("insert", "update", "delete"):
+                rows = getattr(b, kind + "s")
+                if rows:
+                    stream = self._open_stream(b, kind)
+                    for row in rows:
+                        stream.write(row)
+                    stream.close()
+                    rows.clear()
+        self.staged_bytes = 0
 
     def start_commit(self, runtime_checkpoint: bytes | None) -> None:
         """Finish every store, move the checkpoint under our fence, and commit them together."""
@@ -305,35 +352,11 @@ class Transactor:
                 f"but the table has {len(w.columns)} column(s)"
             ) from None
 
-    def _ensure_temp(self, conn: psycopg.Connection, b: BindingState, name: str, columns: list[Column]) -> None:
-        if name in b.temps_created:
-            return
-        conn.execute(dml.create_temp(name, [(c, c.type.ddl if not c.type.user_ddl else c.type.ddl) for c in columns]))
-        b.temps_created.add(name)
-
-    def _copy(self, conn: psycopg.Connection, ident: str, w: Writer, rows: list[list[Any]], t: Table) -> None:
-        try:
-            with conn.cursor().copy(dml.copy_into(ident, w.columns)) as copy:
-                copy.set_types(w.types)
-                for row in rows:
-                    copy.write_row(row)
-        except pgerr.UniqueViolation as err:
-            raise TransactionError(
-                f"table {'.'.join(t.path)}: a row to insert already exists ({_detail(err)}). The runtime "
-                "believed this key was new; was the table written by something else, or restored?"
-            ) from None
-        except pgerr.NotNullViolation as err:
-            raise TransactionError(f"table {'.'.join(t.path)}: {_detail(err)}; a required field is null") from None
-        except (psycopg.DataError, pgerr.ProgramLimitExceeded, pgerr.IntegrityError) as err:
-            raise TransactionError(f"table {'.'.join(t.path)}: cannot store a row: {_detail(err)}") from None
-        except (TypeError, OverflowError) as err:
-            raise TransactionError(f"table {'.'.join(t.path)}: a value cannot be encoded: {err}") from None
-
     def _execute(self, conn: psycopg.Connection, stmt: str, t: Table) -> None:
         try:
             conn.execute(stmt)
-        except psycopg.DataError as err:
-            raise TransactionError(f"table {'.'.join(t.path)}: {_detail(err)}") from None
+        except psycopg.Error as err:
+            raise _store_error(err, t) from None
 
     def close(self) -> None:
         for conn in (self.load_conn, self.store_conn):
@@ -341,6 +364,76 @@ class Transactor:
                 conn.close()
             except Exception:  # closing must never mask the error that brought us here
                 pass
+
+
+class CopyStream:
+    """An open binary COPY into one table, fed row by row.
+
+    psycopg's queued writer sends buffers from a background thread, so encoding the next rows
+    overlaps with the server ingesting the previous ones.
+    """
+
+    def __init__(self, conn: psycopg.Connection, b: BindingState, kind: str, ident: str, w: Writer):
+        self.binding, self.kind, self.table = b, kind, b.table
+        cur = conn.cursor()
+        self._cm = cur.copy(dml.copy_into(ident, w.columns), writer=QueuedLibpqWriter(cur))
+        try:
+            self.copy = self._cm.__enter__()
+            self.copy.set_types(w.types)
+        except psycopg.Error as err:
+            raise _store_error(err, self.table) from None
+        self.write = self._write
+
+    def _write(self, row: list[Any]) -> None:
+        try:
+            self.copy.write_row(row)
+        except (TypeError, OverflowError, psycopg.DataError) as err:
+            self._abort(err)
+            raise TransactionError(f"table {'.'.join(self.table.path)}: a value cannot be encoded: {err}") from None
+
+    def _abort(self, err: BaseException) -> None:
+        try:
+            self._cm.__exit__(type(err), err, None)
+        except Exception:  # the COPY is failing anyway; report the first error
+            pass
+
+    def close(self) -> None:
+        try:
+            self._cm.__exit__(None, None, None)
+        except psycopg.Error as err:
+            raise _store_error(err, self.table) from None
+
+
+def _store_error(err: psycopg.Error, t: Table) -> TransactionError:
+    where = f"table {'.'.join(t.path)}"
+    if isinstance(err, pgerr.UniqueViolation):
+        return TransactionError(
+            f"{where}: a row to insert already exists ({_detail(err)}). The runtime believed this key was "
+            "new: was the table written by something else, or restored from a backup?"
+        )
+    if isinstance(err, pgerr.NotNullViolation):
+        return TransactionError(f"{where}: {_detail(err)}; a required field is missing or null")
+    return TransactionError(f"{where}: cannot store a row: {_detail(err)}")
+
+
+def _typed(w: Writer) -> list[tuple[Column, str]]:
+    return [(c, c.type.ddl) for c in w.columns]
+
+
+def _fast_fields(t: Table, uuid_ptr: str) -> list[str] | None:
+    """Document properties to read directly, in column order, when every column allows it."""
+    if t.document is None:
+        return None
+    out = []
+    for c in [*t.keys, *t.values]:
+        p = c.projection
+        simple = p.ptr.count("/") == 1 and "~" not in p.ptr and p.ptr != uuid_ptr
+        scalar = c.type.flat in ("integer", "number", "boolean", "string", "string_integer", "string_number",
+                                 "binary")
+        if not (simple and scalar and not len(p.inference.default)):
+            return None
+        out.append(p.ptr[1:])
+    return out
 
 
 def _key_values(raw: msgspec.Raw | None, packed: bytes) -> list[Any]:
