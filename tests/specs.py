@@ -10,8 +10,9 @@ import msgspec
 from materialize_postgres.protocol.messages import MaterializationSpec
 
 
-def projection(field: str, ptr: str, types: list[str], *, must: bool = True, key: bool = False,
-               fmt: str = "", **inference: Any) -> dict[str, Any]:
+def projection(
+    field: str, ptr: str, types: list[str], *, must: bool = True, key: bool = False, fmt: str = "", **inference: Any
+) -> dict[str, Any]:
     inf: dict[str, Any] = {"types": types, "exists": "MUST" if must else "MAY", **inference}
     if fmt:
         inf["string"] = {"format": fmt}
@@ -42,8 +43,16 @@ def simple_collection(name: str = "acme/things") -> dict[str, Any]:
     }
 
 
-def binding(table: str, collection: dict[str, Any], *, delta: bool = False, schema: str | None = None,
-            document: bool = True, values: list[str] | None = None, **resource: Any) -> dict[str, Any]:
+def binding(
+    table: str,
+    collection: dict[str, Any],
+    *,
+    delta: bool = False,
+    schema: str | None = None,
+    document: bool = True,
+    values: list[str] | None = None,
+    **resource: Any,
+) -> dict[str, Any]:
     res: dict[str, Any] = {"table": table, **resource}
     if delta:
         res["delta_updates"] = True
@@ -51,8 +60,7 @@ def binding(table: str, collection: dict[str, Any], *, delta: bool = False, sche
         res["schema"] = schema
     keys = [p["field"] for p in collection["projections"] if p.get("isPrimaryKey")]
     if values is None:
-        values = sorted(p["field"] for p in collection["projections"]
-                        if p["ptr"] != "" and not p.get("isPrimaryKey"))
+        values = sorted(p["field"] for p in collection["projections"] if p["ptr"] != "" and not p.get("isPrimaryKey"))
     sel: dict[str, Any] = {"keys": keys, "values": values}
     if document:
         sel["document"] = "flow_document"

@@ -18,8 +18,9 @@ from google.protobuf import descriptor_pb2, descriptor_pool, json_format, messag
 _F = descriptor_pb2.FieldDescriptorProto
 
 
-def _field(name: str, number: int, ftype: int, *, label: int = _F.LABEL_OPTIONAL, type_name: str = "",
-           json_name: str = "") -> descriptor_pb2.FieldDescriptorProto:
+def _field(
+    name: str, number: int, ftype: int, *, label: int = _F.LABEL_OPTIONAL, type_name: str = "", json_name: str = ""
+) -> descriptor_pb2.FieldDescriptorProto:
     f = descriptor_pb2.FieldDescriptorProto(name=name, number=number, type=ftype, label=label)
     if type_name:
         f.type_name = type_name
@@ -37,8 +38,9 @@ def _map_entry(name: str, value_type: int, value_type_name: str = "") -> descrip
 
 
 def _build() -> Any:
-    fdp = descriptor_pb2.FileDescriptorProto(name="materialize_postgres/consumer.proto", package="consumer",
-                                             syntax="proto3")
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="materialize_postgres/consumer.proto", package="consumer", syntax="proto3"
+    )
     ckpt = fdp.message_type.add(name="Checkpoint")
 
     producer_state = ckpt.nested_type.add(name="ProducerState")
@@ -50,15 +52,31 @@ def _build() -> Any:
     entry.field.append(_field("id", 1, _F.TYPE_BYTES))
     entry.field.append(_field("state", 2, _F.TYPE_MESSAGE, type_name=".consumer.Checkpoint.ProducerState"))
     source.field.append(_field("read_through", 1, _F.TYPE_INT64, json_name="readThrough"))
-    source.field.append(_field("producers", 2, _F.TYPE_MESSAGE, label=_F.LABEL_REPEATED,
-                               type_name=".consumer.Checkpoint.Source.ProducerEntry"))
+    source.field.append(
+        _field(
+            "producers",
+            2,
+            _F.TYPE_MESSAGE,
+            label=_F.LABEL_REPEATED,
+            type_name=".consumer.Checkpoint.Source.ProducerEntry",
+        )
+    )
 
     ckpt.nested_type.append(_map_entry("SourcesEntry", _F.TYPE_MESSAGE, ".consumer.Checkpoint.Source"))
     ckpt.nested_type.append(_map_entry("AckIntentsEntry", _F.TYPE_BYTES))
-    ckpt.field.append(_field("sources", 1, _F.TYPE_MESSAGE, label=_F.LABEL_REPEATED,
-                             type_name=".consumer.Checkpoint.SourcesEntry"))
-    ckpt.field.append(_field("ack_intents", 2, _F.TYPE_MESSAGE, label=_F.LABEL_REPEATED,
-                             type_name=".consumer.Checkpoint.AckIntentsEntry", json_name="ackIntents"))
+    ckpt.field.append(
+        _field("sources", 1, _F.TYPE_MESSAGE, label=_F.LABEL_REPEATED, type_name=".consumer.Checkpoint.SourcesEntry")
+    )
+    ckpt.field.append(
+        _field(
+            "ack_intents",
+            2,
+            _F.TYPE_MESSAGE,
+            label=_F.LABEL_REPEATED,
+            type_name=".consumer.Checkpoint.AckIntentsEntry",
+            json_name="ackIntents",
+        )
+    )
 
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)

@@ -57,7 +57,10 @@ def _secret(title: str, description: str, **extra: Any) -> Any:
 class UserPassword(_Strict):
     model_config = ConfigDict(
         title="Password",
-        json_schema_extra={"$schema": DRAFT, "$id": "https://github.com/estuary/connectors/materialize-postgres/user-password"},
+        json_schema_extra={
+            "$schema": DRAFT,
+            "$id": "https://github.com/estuary/connectors/materialize-postgres/user-password",
+        },
     )
     auth_type: Literal["UserPassword"] = Field(
         default="UserPassword", json_schema_extra={"const": "UserPassword", "order": 0}
@@ -222,7 +225,10 @@ class NetworkTunnel(_Strict):
 class EndpointConfig(_Strict):
     model_config = ConfigDict(
         title="SQL Connection",
-        json_schema_extra={"$schema": DRAFT, "$id": "https://github.com/estuary/connectors/materialize-postgres/config"},
+        json_schema_extra={
+            "$schema": DRAFT,
+            "$id": "https://github.com/estuary/connectors/materialize-postgres/config",
+        },
     )
     address: str = Field(
         title="Address",
@@ -291,7 +297,10 @@ class EndpointConfig(_Strict):
 class ResourceConfig(_Strict):
     model_config = ConfigDict(
         title="SQL Table",
-        json_schema_extra={"$schema": DRAFT, "$id": "https://github.com/estuary/connectors/materialize-postgres/table-config"},
+        json_schema_extra={
+            "$schema": DRAFT,
+            "$id": "https://github.com/estuary/connectors/materialize-postgres/table-config",
+        },
     )
     table: str = Field(
         title="Table",
@@ -364,16 +373,14 @@ def parse_feature_flags(text: str | None) -> dict[str, bool]:
 def _describe(err: ValidationError, what: str) -> str:
     problems = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p) in ("UserPassword", "AWSIAM", "GCPIAM", "AzureIAM"))
+        loc = ".".join(str(p) for p in e["loc"] if str(p) not in ("UserPassword", "AWSIAM", "GCPIAM", "AzureIAM"))
         kind = e["type"]
         if kind == "missing":
             problems.append(f"missing '{loc}'")
         elif kind == "extra_forbidden":
             problems.append(f"unknown field '{loc}' (check its spelling)")
         elif kind == "union_tag_invalid":
-            problems.append(
-                f"'{loc}.auth_type' must be one of UserPassword, AWSIAM, GCPIAM, AzureIAM"
-            )
+            problems.append(f"'{loc}.auth_type' must be one of UserPassword, AWSIAM, GCPIAM, AzureIAM")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             problems.append(f"'{loc}': {msg}" if loc else msg)
@@ -461,13 +468,18 @@ def _inline(schema: dict[str, Any]) -> dict[str, Any]:
         out = {k: walk(v) for k, v in node.items() if k != "writeOnly"}
         if out.get("format") == "password":
             out.pop("format")
-        if out.get("type") == "object" and "additionalProperties" in out and out.get("title") in (
-            "SQL Connection",
-            "SQL Table",
-            "Password",
-            "AWS IAM",
-            "Google Cloud IAM",
-            "Azure IAM",
+        if (
+            out.get("type") == "object"
+            and "additionalProperties" in out
+            and out.get("title")
+            in (
+                "SQL Connection",
+                "SQL Table",
+                "Password",
+                "AWS IAM",
+                "Google Cloud IAM",
+                "Azure IAM",
+            )
         ):
             # Top-level and credential schemas are closed by the parser, but advertised as the Go
             # connector advertises them.

@@ -18,7 +18,7 @@ import psycopg
 from psycopg import errors as pgerr
 
 from . import __version__
-from .config import AWSIAM, AzureIAM, EndpointConfig, GCPIAM
+from .config import AWSIAM, GCPIAM, AzureIAM, EndpointConfig
 
 CONNECT_TIMEOUT_S = 20
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 120, "keepalives_interval": 30, "keepalives_count": 6}

@@ -7,7 +7,7 @@ import logging
 
 from . import config as cfgmod
 from .apply import describe, execute, plan
-from .config import DOCS_URL, EndpointConfig, parse_endpoint
+from .config import DOCS_URL, EndpointConfig, parse_endpoint, parse_resource
 from .connect import ConnectError, Target, connect, endpoint
 from .introspect import existing_tables
 from .protocol.messages import (
@@ -22,7 +22,6 @@ from .protocol.messages import (
     raw,
 )
 from .tables import resource_path
-from .config import parse_resource
 from .transactor import Transactor
 from .validate import validate
 
@@ -88,7 +87,7 @@ class Session:
         self._endpoint.__exit__(None, None, None)
 
 
-def raw_json(data: bytes):  # noqa: ANN201 - msgspec.Raw
+def raw_json(data: bytes):
     import msgspec
 
     return msgspec.Raw(data)

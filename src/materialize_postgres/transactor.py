@@ -13,6 +13,7 @@ that budget and not by the size of a transaction.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -127,8 +128,14 @@ class Transactor:
                 raise TransactionError(
                     f"table {'.'.join(t.path)} has no column for field(s) {', '.join(missing)}: run Apply first"
                 )
-            out.append(BindingState(t, _writer(t.keys, types), _writer(t.columns, types),
-                                    fast_fields=_fast_fields(t, self.spec.bindings[t.binding].collection.uuid_ptr)))
+            out.append(
+                BindingState(
+                    t,
+                    _writer(t.keys, types),
+                    _writer(t.columns, types),
+                    fast_fields=_fast_fields(t, self.spec.bindings[t.binding].collection.uuid_ptr),
+                )
+            )
         return out
 
     def _create_temp_tables(self) -> None:
@@ -169,8 +176,9 @@ class Transactor:
 
     def binding(self, index: int) -> BindingState:
         if not 0 <= index < len(self.bindings):
-            raise TransactionError(f"binding index {index} is out of range: this materialization has "
-                                   f"{len(self.bindings)} binding(s)")
+            raise TransactionError(
+                f"binding index {index} is out of range: this materialization has {len(self.bindings)} binding(s)"
+            )
         return self.bindings[index]
 
     def load(self, msg: Load) -> None:
@@ -360,10 +368,8 @@ class Transactor:
 
     def close(self) -> None:
         for conn in (self.load_conn, self.store_conn):
-            try:
+            with contextlib.suppress(Exception):  # closing must never mask the error that brought us here
                 conn.close()
-            except Exception:  # closing must never mask the error that brought us here
-                pass
 
 
 class CopyStream:
@@ -392,10 +398,8 @@ class CopyStream:
             raise TransactionError(f"table {'.'.join(self.table.path)}: a value cannot be encoded: {err}") from None
 
     def _abort(self, err: BaseException) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the COPY is failing anyway; report the first error
             self._cm.__exit__(type(err), err, None)
-        except Exception:  # the COPY is failing anyway; report the first error
-            pass
 
     def close(self) -> None:
         try:
@@ -428,8 +432,7 @@ def _fast_fields(t: Table, uuid_ptr: str) -> list[str] | None:
     for c in [*t.keys, *t.values]:
         p = c.projection
         simple = p.ptr.count("/") == 1 and "~" not in p.ptr and p.ptr != uuid_ptr
-        scalar = c.type.flat in ("integer", "number", "boolean", "string", "string_integer", "string_number",
-                                 "binary")
+        scalar = c.type.flat in ("integer", "number", "boolean", "string", "string_integer", "string_number", "binary")
         if not (simple and scalar and not len(p.inference.default)):
             return None
         out.append(p.ptr[1:])

@@ -12,10 +12,10 @@ from typing import Any
 
 import msgspec
 import psycopg
+from tests.shared_data import estuary, estuary_json
 
 from materialize_postgres.protocol.messages import MaterializationSpec
 from materialize_postgres.runner.runtime import ProcessConnector, Runtime, new_uuid
-from tests.shared_data import estuary, estuary_json
 
 TABLES = ["simple_standard", "simple_delta", "not_simple", "data_types"]
 
@@ -80,8 +80,7 @@ def render(value: Any, data_type: str) -> Any:
 
 def table_rows(conn: psycopg.Connection, table: str) -> list[dict[str, Any]]:
     cols = conn.execute(
-        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s "
-        "ORDER BY ordinal_position",
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s ORDER BY ordinal_position",
         [table],
     ).fetchall()
     select = ", ".join(f'"{name.replace(chr(34), chr(34) * 2)}"::text' for name, _ in cols)

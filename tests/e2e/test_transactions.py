@@ -9,9 +9,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from tests.specs import binding, materialization, simple_collection
 
 from materialize_postgres.runner.runtime import ProcessConnector, Runtime, new_uuid
-from tests.specs import binding, materialization, simple_collection
 
 
 def doc(id_: int, name: str, op: str = "c", **extra: Any) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def setup(pg_database: Any, *, hard_delete: bool = False, delta: bool = False) -
     return Runtime(ProcessConnector(), spec)
 
 
-def table(pg_database: Any, sql: str = "SELECT id, name, \"_meta/op\" FROM things ORDER BY id") -> list[tuple]:
+def table(pg_database: Any, sql: str = 'SELECT id, name, "_meta/op" FROM things ORDER BY id') -> list[tuple]:
     with psycopg.connect(pg_database.dsn) as conn:
         return conn.execute(sql).fetchall()
 
@@ -105,13 +105,19 @@ def test_kill_before_commit_leaves_no_trace(pg_database: Any) -> None:
     c.acknowledge()
     c.flush()
     for _, d in things(5, start=100):
-        from materialize_postgres.protocol.messages import Store
-        from materialize_postgres.runner.runtime import encode_doc, extract, pack
         import msgspec
 
+        from materialize_postgres.protocol.messages import Store
+        from materialize_postgres.runner.runtime import encode_doc, extract, pack
+
         bp = rt.bindings[0]
-        c.store(Store(key_packed=pack(extract(d, bp.keys)), values_packed=pack(extract(d, bp.values)),
-                      doc=msgspec.Raw(encode_doc(d))))
+        c.store(
+            Store(
+                key_packed=pack(extract(d, bp.keys)),
+                values_packed=pack(extract(d, bp.values)),
+                doc=msgspec.Raw(encode_doc(d)),
+            )
+        )
     os.kill(c.proc.pid, signal.SIGKILL)
     c.proc.wait()
     c.proc = None

@@ -9,13 +9,13 @@ from typing import Any
 import msgspec
 import psycopg
 import pytest
+from tests.shared_data import estuary_json
 
 from materialize_postgres.checkpoint import json_to_stored, stored_to_json
 from materialize_postgres.driver import Session
 from materialize_postgres.protocol.messages import MaterializationSpec, Open, RangeSpec, raw
 from materialize_postgres.sql.ddl import checkpoints_table
 from materialize_postgres.transactor import FencedOff
-from tests.shared_data import estuary_json
 
 CASES = ["exact_match", "split_from_parent", "straddle", "covered_child"]
 
@@ -26,7 +26,7 @@ def session(endpoint: dict[str, Any], name: str, begin: int, end: int) -> Sessio
 
 
 def create_checkpoints(conn: psycopg.Connection) -> None:
-    create, comments = checkpoints_table(["public", "flow_checkpoints_v1"])
+    create, _ = checkpoints_table(["public", "flow_checkpoints_v1"])
     conn.execute(create)
 
 
@@ -59,8 +59,10 @@ def test_estuary_fence_cases(case: str, pg_database: Any, pg_conn: psycopg.Conne
     begin, end = c["rangeUnderTest"]
     s = session(pg_database.endpoint_config(), data["materialization"], begin, end)
     try:
-        expected = [(r["materialization"], r["key_begin"], r["key_end"], r["fence"], substitute(r["checkpoint"]))
-                    for r in c["afterInstallFenceUnderTest"]]
+        expected = [
+            (r["materialization"], r["key_begin"], r["key_end"], r["fence"], substitute(r["checkpoint"]))
+            for r in c["afterInstallFenceUnderTest"]
+        ]
         assert rows(pg_conn) == sorted(expected)
         ours = next(r for r in expected if (r[1], r[2]) == (begin, end) and r[0] == data["materialization"])
         assert json.loads(bytes(s.opened.runtime_checkpoint)) == json.loads(stored_to_json(ours[4]))

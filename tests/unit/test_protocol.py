@@ -72,18 +72,50 @@ def test_documents_stay_raw() -> None:
 
 def test_responses_are_one_compact_line_with_camel_case_names() -> None:
     cases = [
-        (Response(spec=SpecResponse(config_schema=raw({"type": "object"}), resource_config_schema=raw({}),
-                                    documentation_url="u")),
-         {"spec": {"protocol": 3032023, "configSchema": {"type": "object"}, "resourceConfigSchema": {},
-                   "documentationUrl": "u"}}),
-        (Response(validated=Validated(bindings=[ValidatedBinding(
-            constraints={"id": Constraint(type="LOCATION_REQUIRED", reason="key")},
-            resource_path=["public", "t"], delta_updates=True)])),
-         {"validated": {"bindings": [{"constraints": {"id": {"type": "LOCATION_REQUIRED", "reason": "key"}},
-                                      "resourcePath": ["public", "t"], "deltaUpdates": True}]}}),
+        (
+            Response(
+                spec=SpecResponse(
+                    config_schema=raw({"type": "object"}), resource_config_schema=raw({}), documentation_url="u"
+                )
+            ),
+            {
+                "spec": {
+                    "protocol": 3032023,
+                    "configSchema": {"type": "object"},
+                    "resourceConfigSchema": {},
+                    "documentationUrl": "u",
+                }
+            },
+        ),
+        (
+            Response(
+                validated=Validated(
+                    bindings=[
+                        ValidatedBinding(
+                            constraints={"id": Constraint(type="LOCATION_REQUIRED", reason="key")},
+                            resource_path=["public", "t"],
+                            delta_updates=True,
+                        )
+                    ]
+                )
+            ),
+            {
+                "validated": {
+                    "bindings": [
+                        {
+                            "constraints": {"id": {"type": "LOCATION_REQUIRED", "reason": "key"}},
+                            "resourcePath": ["public", "t"],
+                            "deltaUpdates": True,
+                        }
+                    ]
+                }
+            },
+        ),
         (Response(applied=Applied(action_description="CREATE")), {"applied": {"actionDescription": "CREATE"}}),
-        (Response(opened=Opened(runtime_checkpoint=raw({"sources": {}}))),
-         {"opened": {"runtimeCheckpoint": {"sources": {}}}}),
+        (
+            Response(opened=Opened(runtime_checkpoint=raw({"sources": {}}))),
+            {"opened": {"runtimeCheckpoint": {"sources": {}}}},
+        ),
         (Response(opened=Opened()), {"opened": {}}),
         (Response(acknowledged=Acknowledged()), {"acknowledged": {}}),
         (Response(loaded=Loaded(binding=0, doc=raw({"a": 1}))), {"loaded": {"doc": {"a": 1}}}),

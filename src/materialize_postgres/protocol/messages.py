@@ -208,7 +208,15 @@ class Request(Struct, omit_defaults=True, rename="camel"):
 
 
 REQUEST_KINDS = (
-    "spec", "validate", "apply", "open", "acknowledge", "load", "flush", "store", "startCommit",
+    "spec",
+    "validate",
+    "apply",
+    "open",
+    "acknowledge",
+    "load",
+    "flush",
+    "store",
+    "startCommit",
 )
 _ATTR = {k: ("start_commit" if k == "startCommit" else k) for k in REQUEST_KINDS}
 

@@ -88,7 +88,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
             session.close()
 
 
-def _unary(kind: str, req, output: Output, line_no: int) -> driver.Session | None:  # noqa: ANN001
+def _unary(kind: str, req, output: Output, line_no: int) -> driver.Session | None:
     if kind == "spec":
         output.send(Response(spec=driver.spec()))
     elif kind == "validate":
@@ -116,8 +116,9 @@ class _Stats:
         self.started = time.monotonic()
 
 
-def _transaction_step(session: driver.Session, state: str, kind: str, req, output: Output,  # noqa: ANN001
-                      line_no: int, stats: _Stats) -> str:
+def _transaction_step(
+    session: driver.Session, state: str, kind: str, req, output: Output, line_no: int, stats: _Stats
+) -> str:
     t = session.transactor
     if state == _ACK and kind == "acknowledge":
         output.send(Response(acknowledged=Acknowledged()))
@@ -141,9 +142,17 @@ def _transaction_step(session: driver.Session, state: str, kind: str, req, outpu
         t.start_commit(bytes(req.start_commit.runtime_checkpoint) or None)
         output.send(Response(started_commit=StartedCommit()))
         elapsed = time.monotonic() - stats.started
-        log.info("transaction committed", extra={"fields": {
-            "loads": stats.loads, "loaded": stats.loaded, "stores": stats.stores,
-            "storedBytes": stats.store_bytes, "seconds": round(elapsed, 3),
-        }})
+        log.info(
+            "transaction committed",
+            extra={
+                "fields": {
+                    "loads": stats.loads,
+                    "loaded": stats.loaded,
+                    "stores": stats.stores,
+                    "storedBytes": stats.store_bytes,
+                    "seconds": round(elapsed, 3),
+                }
+            },
+        )
         return _ACK
     raise ProtocolError(f"line {line_no}: unexpected {kind!r} message (expected {_EXPECTED[state]})")

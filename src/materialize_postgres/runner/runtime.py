@@ -334,27 +334,40 @@ class Runtime:
         reduce, is_delete = self.reducers.get(b.collection.name, (last_write_wins, op_is_delete))
         keys = _plan(b, sel.keys)
         return BindingPlan(
-            i, b, keys, _plan(b, sel.values), [k.ptr for k in keys], b.delta_updates, bool(sel.document),
-            reduce, is_delete,
+            i,
+            b,
+            keys,
+            _plan(b, sel.values),
+            [k.ptr for k in keys],
+            b.delta_updates,
+            bool(sel.document),
+            reduce,
+            is_delete,
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def validate_and_apply(self) -> str:
         bindings = [
-            ValidateBinding(resource_config=b.resource_config, collection=b.collection,
-                            field_config=b.field_selection.field_config, backfill=b.backfill)
+            ValidateBinding(
+                resource_config=b.resource_config,
+                collection=b.collection,
+                field_config=b.field_selection.field_config,
+                backfill=b.backfill,
+            )
             for b in self.spec.bindings
         ]
-        self.connector.validate(Validate(name=self.spec.name, connector_type="IMAGE", config=self.spec.config,
-                                         bindings=bindings))
+        self.connector.validate(
+            Validate(name=self.spec.name, connector_type="IMAGE", config=self.spec.config, bindings=bindings)
+        )
         applied = self.connector.apply(Apply(materialization=self.spec, version="runner"))
         text = getattr(applied, "action_description", None)
         return text if text is not None else applied.get("actionDescription", "")
 
     def open(self) -> Any:
-        checkpoint = self.connector.open(Open(materialization=self.spec, version="runner", range=self.key_range,
-                                              state=raw({})))
+        checkpoint = self.connector.open(
+            Open(materialization=self.spec, version="runner", range=self.key_range, state=raw({}))
+        )
         return msgspec.json.decode(checkpoint) if checkpoint else {}
 
     def close(self) -> None:

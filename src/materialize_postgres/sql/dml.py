@@ -11,8 +11,9 @@ def temp_name(prefix: str, table: Table) -> str:
 
 
 def create_temp(name: str, columns: list[tuple[Column, str]]) -> str:
-    cols = ",\n".join(f"\t{c.ident} {data_type} NOT NULL" if c.is_key else f"\t{c.ident} {data_type}"
-                      for c, data_type in columns)
+    cols = ",\n".join(
+        f"\t{c.ident} {data_type} NOT NULL" if c.is_key else f"\t{c.ident} {data_type}" for c, data_type in columns
+    )
     return f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} (\n{cols}\n) ON COMMIT DELETE ROWS;"
 
 
@@ -50,10 +51,7 @@ def load_query_rebuilt(table: Table, temp: str) -> str:
     if optional:
         # Absent optional fields come back absent, not as explicit nulls.
         obj = f"jsonb_strip_nulls({obj})" if len(optional) else obj
-    return (
-        f"SELECT {table.binding}, ({obj})::text FROM {table.ident} AS r "
-        f"JOIN {temp} AS l ON {_join(table)}"
-    )
+    return f"SELECT {table.binding}, ({obj})::text FROM {table.ident} AS r JOIN {temp} AS l ON {_join(table)}"
 
 
 def merge_update(table: Table, staging: str) -> str | None:
@@ -78,19 +76,13 @@ def delete_keys(table: Table, staging: str) -> str:
 
 
 def install_fence(ckpt: str) -> tuple[str, str, str]:
-    bump = (
-        f"UPDATE {ckpt} SET fence = fence + 1 "
-        "WHERE materialization = %s AND key_end >= %s AND key_begin <= %s"
-    )
+    bump = f"UPDATE {ckpt} SET fence = fence + 1 WHERE materialization = %s AND key_end >= %s AND key_begin <= %s"
     covering = (
         f"SELECT fence, key_begin, key_end, checkpoint FROM {ckpt} "
         "WHERE materialization = %s AND key_begin <= %s AND key_end >= %s "
         "ORDER BY key_end - key_begin ASC LIMIT 1"
     )
-    insert = (
-        f"INSERT INTO {ckpt} (materialization, key_begin, key_end, fence, checkpoint) "
-        "VALUES (%s, %s, %s, %s, %s)"
-    )
+    insert = f"INSERT INTO {ckpt} (materialization, key_begin, key_end, fence, checkpoint) VALUES (%s, %s, %s, %s, %s)"
     return bump, covering, insert
 
 
