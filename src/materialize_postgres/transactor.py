@@ -50,6 +50,10 @@ class FencedOff(TransactionError):
     pass
 
 
+class ConnectionLost(TransactionError):
+    """PostgreSQL went away mid-transaction (restart, network cut, killed backend)."""
+
+
 @dataclass
 class Writer:
     """How one binding's columns are written: wire types and converters, in column order."""
@@ -410,6 +414,8 @@ class CopyStream:
 
 def _store_error(err: psycopg.Error, t: Table) -> TransactionError:
     where = f"table {'.'.join(t.path)}"
+    if isinstance(err, psycopg.OperationalError) and not isinstance(err, pgerr.QueryCanceled):
+        return ConnectionLost(" ".join(str(err).split()))
     if isinstance(err, pgerr.UniqueViolation):
         return TransactionError(
             f"{where}: a row to insert already exists ({_detail(err)}). The runtime believed this key was "

@@ -13,8 +13,10 @@ import time
 from typing import BinaryIO
 
 import msgspec
+import psycopg
 
 from .. import driver
+from ..transactor import ConnectionLost
 from .messages import (
     Acknowledged,
     Flushed,
@@ -49,7 +51,10 @@ class Output:
             self.out.flush()
 
     def loaded(self, binding: int, doc: bytes) -> None:
-        # The hot path of loads: write the line directly rather than building a Struct.
+        # The hot path of loads: write the line directly rather than building a Struct. A JSON
+        # column keeps the text it was given; one with line breaks is re-encoded to stay one line.
+        if b"\n" in doc:
+            doc = msgspec.json.encode(msgspec.json.decode(doc))
         if binding:
             self.out.write(b'{"loaded":{"binding":%d,"doc":%s}}\n' % (binding, doc))
         else:
@@ -77,7 +82,14 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
             if session is None:
                 session = _unary(kind, req, output, line_no)
                 continue
-            state = _transaction_step(session, state, kind, req, output, line_no, txn_stats)
+            try:
+                state = _transaction_step(session, state, kind, req, output, line_no, txn_stats)
+            except (psycopg.OperationalError, ConnectionLost) as err:
+                raise ProtocolError(
+                    f"lost the connection to PostgreSQL while handling {kind!r} (line {line_no}): "
+                    f"{' '.join(str(err).split())}. Nothing of the open transaction was committed; on restart the "
+                    "connector resumes from the last committed checkpoint"
+                ) from None
         if session is not None and state != _ACK:
             raise ProtocolError(
                 f"input ended after line {line_no} in the middle of a transaction (waiting for "
