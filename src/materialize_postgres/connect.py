@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pgerr
 
-from . import __version__
+from . import __version__, pgtypes
 from .config import AWSIAM, GCPIAM, AzureIAM, EndpointConfig
 
 CONNECT_TIMEOUT_S = 20
@@ -103,6 +103,7 @@ def connect(cfg: EndpointConfig, target: Target, *, application: str, autocommit
         conn = psycopg.connect(autocommit=autocommit, **kwargs)
     except psycopg.Error as err:
         raise ConnectError(explain(err, cfg, target)) from None
+    pgtypes.register(conn)
     return conn
 
 

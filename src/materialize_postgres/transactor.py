@@ -24,6 +24,7 @@ import psycopg
 from psycopg import errors as pgerr
 from psycopg.copy import QueuedLibpqWriter
 
+from . import pgtypes
 from .checkpoint import json_to_stored, stored_to_json
 from .config import EndpointConfig
 from .connect import Target, connect
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 
 BUFFER_BYTES = 32 * 1024 * 1024  # staged rows held in memory before they are sent
 LOAD_BUFFER_KEYS = 50_000
+# Above this document size a merge is cheaper as a pipelined per-row UPDATE than through a
+# staging table, which would write each large document twice (measured: bench/RESULTS.md).
+LARGE_DOC_BYTES = 256 * 1024
 _json = msgspec.json.Decoder()
 
 
@@ -72,6 +76,7 @@ class BindingState:
     inserts: list[list[Any]] = field(default_factory=list)
     updates: list[list[Any]] = field(default_factory=list)
     deletes: list[list[Any]] = field(default_factory=list)
+    row_updates: list[list[Any]] = field(default_factory=list)
     # Top-level scalar fields can be read from the parsed document, which is cheaper than
     # decoding packed tuples; None when some field needs the tuple (nested, default, JSON...).
     fast_fields: list[str] | None = None
@@ -244,7 +249,13 @@ class Transactor:
         row = self._row(b, msg)
         converted = self._convert(b, b.row_writer, row, row[: len(t.keys)])
         size = len(msg.values_packed) + len(msg.key_packed) + len(msg.doc) + 16
-        self._route(b, "update" if msg.exists and not t.delta_updates else "insert", converted, size)
+        if msg.exists and not t.delta_updates:
+            if len(msg.doc) >= LARGE_DOC_BYTES:
+                self._stage(b.row_updates, converted, size)
+            else:
+                self._route(b, "update", converted, size)
+        else:
+            self._route(b, "insert", converted, size)
 
     def _row(self, b: BindingState, msg: Store) -> list[Any]:
         t = b.table
@@ -283,7 +294,10 @@ class Transactor:
             self.stream = self._open_stream(b, kind)
             self.stream.write(row)
             return
-        getattr(b, kind + "s").append(row)
+        self._stage(getattr(b, kind + "s"), row, size)
+
+    def _stage(self, rows: list[list[Any]], row: list[Any], size: int) -> None:
+        rows.append(row)
         self.staged_bytes += size
         if self.staged_bytes >= BUFFER_BYTES:
             self._send_staged()
@@ -314,7 +328,29 @@ class Transactor:
                         stream.write(row)
                     stream.close()
                     rows.clear()
+            if b.row_updates:
+                self._update_rows(b)
         self.staged_bytes = 0
+
+    def _update_rows(self, b: BindingState) -> None:
+        """Pipelined per-row UPDATEs: one network round trip for the whole batch."""
+        t, w = b.table, b.row_writer
+        stmt = dml.row_update(t)
+        nk = len(t.keys)
+        if stmt is not None:
+            params = [
+                [
+                    pgtypes.wrap(ty, v)
+                    for ty, v in zip([*w.types[nk:], *w.types[:nk]], [*row[nk:], *row[:nk]], strict=True)
+                ]
+                for row in b.row_updates
+            ]
+            try:
+                with self.store_conn.pipeline():
+                    self.store_conn.cursor().executemany(stmt, params)
+            except psycopg.Error as err:
+                raise _store_error(err, t) from None
+        b.row_updates.clear()
 
     def start_commit(self, runtime_checkpoint: bytes | None) -> None:
         """Finish every store, move the checkpoint under our fence, and commit them together."""

@@ -45,7 +45,7 @@ class ColumnType:
     existing column may have and still be written without a migration; `copy_type` the type name
     psycopg uses for binary COPY; `convert` turns a JSON value into what psycopg dumps for it.
     Types psycopg has no binary dumper for (JSON, JSONB, INTERVAL, MACADDR) are encoded here into
-    their binary wire form and sent through the BYTEA dumper, which writes bytes unchanged.
+    their binary wire form, which pgtypes.py's dumpers pass through unchanged.
     """
 
     ddl: str
@@ -352,11 +352,11 @@ _FORMATS: dict[str, tuple[str, str, Converter, tuple[str, ...], str]] = {
         "to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
     ),
     "time": ("TIME", "time", _as_time, ("time without time zone",), "TO_CHAR({c}, 'HH24:MI:SS.US\"Z\"')"),
-    "duration": ("INTERVAL", "bytea", _as_interval, (), ""),
+    "duration": ("INTERVAL", "interval", _as_interval, (), ""),
     "ipv4": ("CIDR", "cidr", _as_cidr, (), ""),
     "ipv6": ("CIDR", "cidr", _as_cidr, (), ""),
-    "macaddr": ("MACADDR", "bytea", _as_macaddr, (), ""),
-    "macaddr8": ("MACADDR8", "bytea", _as_macaddr8, (), ""),
+    "macaddr": ("MACADDR", "macaddr", _as_macaddr, (), ""),
+    "macaddr8": ("MACADDR8", "macaddr8", _as_macaddr8, (), ""),
     "uuid": ("UUID", "uuid", _as_uuid, ("text", "character varying"), ""),
 }
 
@@ -366,8 +366,8 @@ TEXT = ColumnType("TEXT", "string", "text", _as_text, ("character varying",))
 def _json_type(p: Projection, flags: dict[str, bool], flat: str) -> ColumnType:
     media = p.inference.content_media_type or (p.inference.string.content_type if p.inference.string else "")
     if flags.get("jsonb", True) and media == JSONB_MEDIA_TYPE:
-        return ColumnType("JSONB", flat, "bytea", _as_jsonb)
-    return ColumnType("JSON", flat, "bytea", _as_json)
+        return ColumnType("JSONB", flat, "jsonb", _as_jsonb)
+    return ColumnType("JSON", flat, "json", _as_json)
 
 
 def enum_type_name(table: str, fieldname: str) -> str:
@@ -472,16 +472,16 @@ _BY_DATA_TYPE: dict[str, tuple[str, Converter]] = {
     "double precision": ("float8", _as_float),
     "real": ("float4", _as_float),
     "boolean": ("bool", _as_bool),
-    "json": ("bytea", _as_json),
-    "jsonb": ("bytea", _as_jsonb),
+    "json": ("json", _as_json),
+    "jsonb": ("jsonb", _as_jsonb),
     "bytea": ("bytea", _as_bytes),
     "date": ("date", _as_date),
     "timestamp with time zone": ("timestamptz", _as_timestamp),
     "time without time zone": ("time", _as_time),
-    "interval": ("bytea", _as_interval),
+    "interval": ("interval", _as_interval),
     "cidr": ("cidr", _as_cidr),
-    "macaddr": ("bytea", _as_macaddr),
-    "macaddr8": ("bytea", _as_macaddr8),
+    "macaddr": ("macaddr", _as_macaddr),
+    "macaddr8": ("macaddr8", _as_macaddr8),
     "uuid": ("uuid", _as_uuid),
 }
 _TEXTUAL = ("text", "character varying", "character", "user-defined")

@@ -162,3 +162,17 @@ def test_protocol_errors_exit_non_zero_with_a_clear_last_line(pg_database: Any, 
     last = c.stderr_tail().strip().splitlines()[-1]
     assert message in json.loads(last)["msg"]
     assert json.loads(last)["level"] == "error"
+
+
+def test_large_documents_merge_by_per_row_updates(pg_database: Any) -> None:
+    rt = setup(pg_database)
+    rt.open()
+    big = "x" * 300_000
+    rt.transaction([("acme/things", doc(i, f"big-{i}", blob=big, tags={"n": i})) for i in range(4)], ckpt(1))
+    rt.transaction(
+        [("acme/things", doc(i, f"bigger-{i}", blob=big + "y", tags={"n": -i})) for i in range(2, 6)], ckpt(2)
+    )
+    rt.close()
+    rows = table(pg_database, "SELECT id, name, tags, length(flow_document::text) FROM things ORDER BY id")
+    assert [r[1] for r in rows] == ["big-0", "big-1", "bigger-2", "bigger-3", "bigger-4", "bigger-5"]
+    assert rows[3][2] == {"n": -3} and rows[3][3] > 300_000

@@ -63,11 +63,12 @@ def merge_update(table: Table, staging: str) -> str | None:
 
 
 def row_update(table: Table) -> str | None:
+    """One row's UPDATE; parameters are the values and document, then the keys."""
     cols = [*table.values, *([table.document] if table.document else [])]
     if not cols:
         return None
-    sets = ", ".join(f"{c.ident} = %s" for c in cols)
-    where = " AND ".join(f"{k.ident} = %s" for k in table.keys)
+    sets = ", ".join(f"{c.ident} = %s::{c.type.ddl}" for c in cols)
+    where = " AND ".join(f"{k.ident} = %s::{k.type.ddl}" for k in table.keys)
     return f"UPDATE {table.ident} SET {sets} WHERE {where}"
 
 
