@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,7 @@ LOAD_BUFFER_KEYS = 50_000
 # Above this document size a merge is cheaper as a pipelined per-row UPDATE than through a
 # staging table, which would write each large document twice (measured: bench/RESULTS.md).
 LARGE_DOC_BYTES = 256 * 1024
+WRITER_QUEUE_ITEMS = 64  # of at most 128 KiB each
 _json = msgspec.json.Decoder()
 
 
@@ -412,6 +414,15 @@ class Transactor:
                 conn.close()
 
 
+class BoundedWriter(QueuedLibpqWriter):
+    """psycopg's queued COPY writer, with its queue capped so that a server slower than us holds
+    at most a few MB of encoded rows in memory rather than psycopg's default of 128 MB."""
+
+    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+        super().__init__(cursor)
+        self._queue = queue.Queue(maxsize=WRITER_QUEUE_ITEMS)
+
+
 class CopyStream:
     """An open binary COPY into one table, fed row by row.
 
@@ -422,7 +433,7 @@ class CopyStream:
     def __init__(self, conn: psycopg.Connection, b: BindingState, kind: str, ident: str, w: Writer):
         self.binding, self.kind, self.table = b, kind, b.table
         cur = conn.cursor()
-        self._cm = cur.copy(dml.copy_into(ident, w.columns), writer=QueuedLibpqWriter(cur))
+        self._cm = cur.copy(dml.copy_into(ident, w.columns), writer=BoundedWriter(cur))
         try:
             self.copy = self._cm.__enter__()
             self.copy.set_types(w.types)

@@ -176,3 +176,22 @@ def test_large_documents_merge_by_per_row_updates(pg_database: Any) -> None:
     rows = table(pg_database, "SELECT id, name, tags, length(flow_document::text) FROM things ORDER BY id")
     assert [r[1] for r in rows] == ["big-0", "big-1", "bigger-2", "bigger-3", "bigger-4", "bigger-5"]
     assert rows[3][2] == {"n": -3} and rows[3][3] > 300_000
+
+
+def test_no_flow_document_rebuilds_loaded_documents_from_columns(pg_database: Any) -> None:
+    endpoint = pg_database.endpoint_config(advanced={"no_flow_document": True})
+    spec = materialization(endpoint, binding("things", simple_collection(), document=False))
+    Runtime(ProcessConnector(), spec).validate_and_apply()
+    rt = Runtime(ProcessConnector(), spec)
+    rt.open()
+    rt.transaction(things(3), ckpt(1))
+    c = rt.connector
+    c.acknowledge()
+    for key in rt.combine(things(2, start=1))[0]:
+        c.load(0, key)
+    loaded = sorted((json.loads(d) for _, d in c.flush()), key=lambda d: d["id"])
+    c.start_commit(json.dumps(ckpt(2)).encode())
+    rt.close()
+    assert [d["id"] for d in loaded] == [1, 2]
+    assert loaded[0]["name"] == "thing-1" and loaded[0]["score"] == 0.5
+    assert "tags" not in loaded[0]  # absent optional fields stay absent
