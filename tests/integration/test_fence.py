@@ -9,13 +9,13 @@ from typing import Any
 import msgspec
 import psycopg
 import pytest
-from tests.shared_data import estuary_json
 
 from materialize_postgres.checkpoint import json_to_stored, stored_to_json
 from materialize_postgres.driver import Session
 from materialize_postgres.protocol.messages import MaterializationSpec, Open, RangeSpec, raw
 from materialize_postgres.sql.ddl import checkpoints_table
 from materialize_postgres.transactor import FencedOff
+from tests.shared_data import estuary_json
 
 CASES = ["exact_match", "split_from_parent", "straddle", "covered_child"]
 

@@ -6,11 +6,11 @@ import json
 from typing import Any
 
 import pytest
-from tests.shared_data import estuary_json
 
 from materialize_postgres import config as cfg
 from materialize_postgres.config import ConfigError, parse_endpoint, parse_resource
 from materialize_postgres.connect import Target, connection_kwargs
+from tests.shared_data import estuary_json
 
 BASE = {
     "address": "db.example.com",
