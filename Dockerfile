@@ -14,7 +14,9 @@ LABEL FLOW_RUNTIME_PROTOCOL=materialize
 LABEL FLOW_RUNTIME_CODEC=json
 LABEL org.opencontainers.image.source="https://github.com/materialize-postgres/materialize-postgres"
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
     && useradd --create-home --uid 10001 connector
 USER connector
 ENV LOG_FORMAT=json

@@ -43,9 +43,9 @@ class SSHServer:
     user: str
     log_file: Path
     # Name -> private key text; all of these are in authorized_keys.
-    keys: dict[str, str] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict, repr=False)
     # A valid key that is not authorized.
-    wrong_key: str = ""
+    wrong_key: str = field(default="", repr=False)
 
     def endpoint(self) -> str:
         return f"ssh://{self.user}@{self.host}:{self.port}"

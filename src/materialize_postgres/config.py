@@ -80,6 +80,10 @@ class AWSIAM(_Strict):
         description="ARN of an IAM role allowed to connect to the database (rds-db:connect); it is assumed to "
         "sign the authentication token.",
     )
+    # Short-lived credentials Flow's control plane adds when it has assumed the role itself.
+    aws_access_key_id: SkipJsonSchema[SecretStr | None] = None
+    aws_secret_access_key: SkipJsonSchema[SecretStr | None] = None
+    aws_session_token: SkipJsonSchema[SecretStr | None] = None
 
 
 class GCPIAM(_Strict):
@@ -97,6 +101,7 @@ class GCPIAM(_Strict):
         description="Audience of the workload identity pool provider, such as "
         "//iam.googleapis.com/projects/<n>/locations/global/workloadIdentityPools/<pool>/providers/<provider>.",
     )
+    gcp_access_token: SkipJsonSchema[SecretStr | None] = None  # added by Flow's control plane
 
 
 class AzureIAM(_Strict):
@@ -111,6 +116,7 @@ class AzureIAM(_Strict):
     azure_tenant_id: str = Field(
         title="Azure Tenant ID", description="Entra ID (Azure Active Directory) tenant of that app registration."
     )
+    azure_access_token: SkipJsonSchema[SecretStr | None] = None  # added by Flow's control plane
 
 
 Credentials = Annotated[UserPassword | AWSIAM | GCPIAM | AzureIAM, Field(discriminator="auth_type")]

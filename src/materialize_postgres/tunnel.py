@@ -122,13 +122,13 @@ def _login(ssh: SSHEndpoint, key: paramiko.PKey) -> paramiko.Transport:
     try:
         transport.auth_publickey(ssh.user, key)
     except paramiko.AuthenticationException:
-        transport.close()
+        _close(transport)
         raise TunnelError(
             f"SSH authentication as {ssh.user} failed: the bastion did not accept the private key "
             f"(is its public key in ~{ssh.user}/.ssh/authorized_keys on the bastion?)"
         ) from None
     except (paramiko.SSHException, OSError, EOFError) as err:
-        transport.close()
+        _close(transport)
         raise TunnelError(f"SSH authentication as {ssh.user} failed: {_reason(err)}") from None
     transport.set_keepalive(KEEPALIVE_S)
     return transport
@@ -145,7 +145,7 @@ def _handshake(ssh: SSHEndpoint) -> paramiko.Transport:
     try:
         transport.start_client(timeout=SSH_TIMEOUT_S)
     except (paramiko.SSHException, OSError, EOFError) as err:
-        transport.close()
+        _close(transport)
         raise TunnelError(f"{failed}: {_reason(err)} (is it an SSH server?)") from None
     host_key = transport.get_remote_server_key()
     fingerprint = f"{host_key.get_name()} {host_key.fingerprint}"
@@ -154,6 +154,13 @@ def _handshake(ssh: SSHEndpoint) -> paramiko.Transport:
         extra={"fields": {"bastion": ssh.address(), "host_key": fingerprint}},
     )
     return transport
+
+
+def _close(transport: paramiko.Transport) -> None:
+    """Close, and wait for paramiko's reader thread: its close() only waits while the socket is open."""
+    transport.close()
+    if transport.is_alive():
+        transport.join(timeout=5)
 
 
 def _open_channel(transport: paramiko.Transport, host: str, port: int, origin: tuple[str, int]) -> paramiko.Channel:
@@ -261,4 +268,4 @@ def open_tunnel(ssh: SSHForwarding, host: str, port: int) -> Iterator[tuple[str,
     finally:
         if forwarder is not None:
             forwarder.close()
-        transport.close()
+        _close(transport)

@@ -219,6 +219,8 @@ def _as_bytes(v: Any) -> bytes:
 def _as_date(v: Any) -> dt.date:
     s = _as_text(v)
     if s.startswith("0000-"):
+        # Year 0 does not exist in PostgreSQL; like the Go connector, clamp a valid one to 0001-01-01.
+        _as_date("0001-" + s[5:])
         return dt.date(1, 1, 1)
     try:
         return dt.date.fromisoformat(s[:10]) if len(s) >= 10 else dt.date.fromisoformat(s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -103,7 +104,7 @@ def test_secrets_never_show_in_repr() -> None:
 def test_connection_parameters() -> None:
     c = parse_endpoint(endpoint(database="somedb", advanced={"sslmode": "verify-full"}))
     kw = connection_kwargs(c, Target("db.example.com", 5432), application="test")
-    assert kw["dbname"] == "somedb" and kw["sslmode"] == "verify-full" and kw["sslrootcert"] == "system"
+    assert kw["dbname"] == "somedb" and kw["sslmode"] == "verify-full" and Path(kw["sslrootcert"]).is_file()
     assert (kw["keepalives_idle"], kw["keepalives_interval"], kw["keepalives_count"]) == (120, 30, 6)
     assert kw["password"] == "s3cr3t!"
 
