@@ -347,7 +347,7 @@ class Runtime:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def validate_and_apply(self) -> str:
+    def validate_and_apply(self, last: MaterializationSpec | None = None) -> str:
         bindings = [
             ValidateBinding(
                 resource_config=b.resource_config,
@@ -358,9 +358,15 @@ class Runtime:
             for b in self.spec.bindings
         ]
         self.connector.validate(
-            Validate(name=self.spec.name, connector_type="IMAGE", config=self.spec.config, bindings=bindings)
+            Validate(
+                name=self.spec.name,
+                connector_type="IMAGE",
+                config=self.spec.config,
+                bindings=bindings,
+                last_materialization=last,
+            )
         )
-        applied = self.connector.apply(Apply(materialization=self.spec, version="runner"))
+        applied = self.connector.apply(Apply(materialization=self.spec, version="runner", last_materialization=last))
         text = getattr(applied, "action_description", None)
         return text if text is not None else applied.get("actionDescription", "")
 
