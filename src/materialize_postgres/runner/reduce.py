@@ -114,7 +114,9 @@ class Reducer:
                 out[k] = self._reduce(self._child(node, k), left[k], v) if k in left else v
             return out
         if isinstance(left, list) and isinstance(right, list):
-            merged = [self._reduce(self._child(node, i), a, b) for i, (a, b) in enumerate(zip(left, right))]
+            merged = [
+                self._reduce(self._child(node, i), a, b) for i, (a, b) in enumerate(zip(left, right, strict=False))
+            ]
             longer = left if len(left) > len(right) else right
             return merged + longer[len(merged) :]
         return right

@@ -61,9 +61,7 @@ class Input:
                     if not chunk:
                         break
                     offset += len(chunk)
-        number = 0
-        for line in self.stream:
-            number += 1
+        for number, line in enumerate(self.stream, start=1):
             offset += len(line)
             yield number, offset, line
 
