@@ -305,7 +305,11 @@ _encoder = msgspec.json.Encoder()
 
 
 def decode_request(line: bytes | str) -> Request:
-    return _request_decoder.decode(line)
+    """One request line; any malformation (including invalid UTF-8) raises msgspec.DecodeError."""
+    try:
+        return _request_decoder.decode(line)
+    except UnicodeDecodeError as err:
+        raise msgspec.DecodeError(f"invalid UTF-8: {err.reason} at byte {err.start}") from None
 
 
 def encode(msg: Struct) -> bytes:
