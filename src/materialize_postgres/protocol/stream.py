@@ -9,13 +9,13 @@ exits non-zero, which rolls back whatever the transaction had written.
 from __future__ import annotations
 
 import logging
-import time
 from typing import BinaryIO
 
 import msgspec
 import psycopg
 
 from .. import driver
+from ..metrics import Metrics
 from ..transactor import ConnectionLost
 from .messages import (
     Acknowledged,
@@ -66,7 +66,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
     session: driver.Session | None = None
     state = _ACK
     line_no = 0
-    txn_stats = _Stats()
+    txn_stats: Metrics | None = None
     try:
         for line in inp:
             line_no += 1
@@ -81,7 +81,10 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
                 raise ProtocolError(f"line {line_no}: the request carries no known message")
             if session is None:
                 session = _unary(kind, req, output, line_no)
+                if session is not None:
+                    txn_stats = Metrics([".".join(b.table.path) for b in session.transactor.bindings])
                 continue
+            assert txn_stats is not None
             try:
                 state = _transaction_step(session, state, kind, req, output, line_no, txn_stats)
             except (psycopg.OperationalError, ConnectionLost) as err:
@@ -98,6 +101,8 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
     finally:
         if session is not None:
             session.close()
+        if txn_stats is not None and txn_stats.total_txns:
+            txn_stats.summary()
 
 
 def _unary(kind: str, req, output: Output, line_no: int) -> driver.Session | None:
@@ -119,52 +124,31 @@ def _unary(kind: str, req, output: Output, line_no: int) -> driver.Session | Non
     return None
 
 
-class _Stats:
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.loads = self.loaded = self.stores = self.store_bytes = 0
-        self.started = time.monotonic()
-
-
 def _transaction_step(
-    session: driver.Session, state: str, kind: str, req, output: Output, line_no: int, stats: _Stats
+    session: driver.Session, state: str, kind: str, req, output: Output, line_no: int, stats: Metrics
 ) -> str:
     t = session.transactor
     if state == _ACK and kind == "acknowledge":
         output.send(Response(acknowledged=Acknowledged()))
-        stats.reset()
+        stats.begin()
         return _LOAD
     if state == _LOAD and kind == "load":
         t.load(req.load)
-        stats.loads += 1
+        stats.load(req.load.binding)
         return _LOAD
     if state == _LOAD and kind == "flush":
-        stats.loaded = t.flush(output.loaded)
+        stats.flushed(t.flush(output.loaded))
         output.send(Response(flushed=Flushed()))
         return _STORE
     if state == _STORE and kind == "store":
-        t.store(req.store)
-        stats.stores += 1
-        doc = req.store.doc
-        stats.store_bytes += len(doc) or len(req.store.values_packed)
+        store = req.store
+        t.store(store)
+        stats.store(store.binding, len(store.doc) or len(store.values_packed))
         return _STORE
     if state == _STORE and kind == "startCommit":
+        stats.commit_started()
         t.start_commit(bytes(req.start_commit.runtime_checkpoint) or None)
         output.send(Response(started_commit=StartedCommit()))
-        elapsed = time.monotonic() - stats.started
-        log.info(
-            "transaction committed",
-            extra={
-                "fields": {
-                    "loads": stats.loads,
-                    "loaded": stats.loaded,
-                    "stores": stats.stores,
-                    "storedBytes": stats.store_bytes,
-                    "seconds": round(elapsed, 3),
-                }
-            },
-        )
+        stats.committed()
         return _ACK
     raise ProtocolError(f"line {line_no}: unexpected {kind!r} message (expected {_EXPECTED[state]})")
