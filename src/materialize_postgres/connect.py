@@ -7,6 +7,7 @@ messages that say what to fix and never contain a secret.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
@@ -99,7 +100,13 @@ def _root_cert(cfg: EndpointConfig) -> str:
         with os.fdopen(fd, "w") as f:
             f.write(pem)
         _root_cert_files[pem] = path
+        atexit.register(_remove, path)  # libpq needs a file; it must not outlive the process
     return path
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _system_ca_file() -> str:
