@@ -168,3 +168,21 @@ def test_catalog_errors_are_clear(tmp_path: Path, bad: str) -> None:
     assert done.returncode != 0
     message = done.stderr.decode()
     assert "flow.yaml" in message and ("not valid YAML" in message or "needs a key" in message)
+
+
+def test_shards_split_the_key_range_and_never_merge_back(pg_database: Any, tmp_path: Path) -> None:
+    cat = catalog(tmp_path, pg_database.endpoint_config())
+    source = tmp_path / "orders.jsonl"
+    source.write_text("".join(json.dumps(order(i % 3000)) + "\n" for i in range(6000)))
+    args = (str(cat), "--input", str(source), "--collection", "acme/orders", "--txn-size", "500", "--no-validate")
+    first = run(*args)  # one shard reads the first 6000 lines
+    assert first.returncode == 0, first.stderr.decode()
+    with source.open("a") as f:
+        f.write("".join(json.dumps(order(i % 3000)) + "\n" for i in range(3000)))
+    split = run(*args, "--shards", "3")  # each part resumes from the parent's position
+    assert split.returncode == 0, split.stderr.decode()
+    assert rows(pg_database.dsn, "SELECT count(*), min(items), max(items) FROM orders") == [(3000, 3, 3)]
+    ranges = rows(pg_database.dsn, "SELECT key_begin, key_end FROM flow_checkpoints_v1 ORDER BY 1, 2")
+    assert ranges == [(0, 1431655764), (0, 4294967295), (1431655765, 2863311529), (2863311530, 4294967295)]
+    merged = run(*args)
+    assert merged.returncode != 0 and b"run it with the same --shards" in merged.stderr

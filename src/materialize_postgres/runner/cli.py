@@ -46,13 +46,22 @@ def run_command(
         bool, typer.Option("--validate/--no-validate", help="Check documents against their collection schema.")
     ] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display; JSON logs only.")] = False,
+    shards: Annotated[
+        int,
+        typer.Option(
+            min=1, max=256, help="Split the key range into N shards, each its own process fenced on its own range."
+        ),
+    ] = 1,
+    shard_index: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Materialize a Flow catalog's documents into PostgreSQL, exactly once, without Flow."""
     from ..logs import setup
     from .engine import RunError, RunOptions, run
 
-    interactive = sys.stderr.isatty() and not quiet
+    interactive = sys.stderr.isatty() and not quiet and shard_index is None
     setup("text" if interactive else "json")
+    if shards > 1 and shard_index is None:
+        raise typer.Exit(_run_shards(shards, catalog, materialization, embedded, data_dir, fixture, input_))
     opts = RunOptions(
         catalog=catalog,
         materialization=materialization,
@@ -64,6 +73,11 @@ def run_command(
         data_dir=data_dir,
         validate_documents=validate,
     )
+    if shard_index is not None:
+        from .runtime import shard_ranges
+
+        opts.key_range = shard_ranges(shards)[shard_index]
+        opts.apply = False  # the parent process applied once for all shards
     try:
         with _progress(interactive) as progress:
             summary = run(opts, progress=progress, after=_shower(show) if show else None)
@@ -189,3 +203,45 @@ def embedded_stop(
     server.start()  # attaches to a running server (or starts one) so that it can be stopped cleanly
     server.stop()
     typer.echo("stopped")
+
+
+def _run_shards(
+    shards: int,
+    catalog: Path,
+    materialization: str | None,
+    embedded: bool | None,
+    data_dir: Path | None,
+    fixture: str | None,
+    inputs: list[str] | None,
+) -> int:
+    """Apply once, then run one process per key range and wait for all of them."""
+    import subprocess
+
+    from .engine import RunError, RunOptions, apply_catalog
+
+    if fixture == "-" or "-" in (inputs or []):
+        log.error("--shards needs files to read: every shard reads the whole input (not stdin)")
+        return 1
+    try:
+        server = apply_catalog(
+            RunOptions(catalog=catalog, materialization=materialization, embedded=embedded, data_dir=data_dir)
+        )
+    except (RunError, ValueError, OSError) as err:
+        log.error(str(err))
+        return 1
+    args = [a for a in sys.argv[1:] if not a.startswith("--shard-index")]
+    try:
+        procs = [
+            subprocess.Popen([sys.executable, "-m", "materialize_postgres", *args, "--shard-index", str(i), "--quiet"])
+            for i in range(shards)
+        ]
+        codes = [p.wait() for p in procs]
+    finally:
+        if server is not None and server.started_here:
+            server.stop()
+    failed = [i for i, c in enumerate(codes) if c != 0]
+    if failed:
+        log.error(f"shard(s) {', '.join(map(str, failed))} of {shards} failed; re-run the same command to resume")
+        return 1
+    log.info(f"all {shards} shards finished")
+    return 0

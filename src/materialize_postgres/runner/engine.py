@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 
 from ..embedded import EmbeddedPostgres, default_data_dir
-from ..protocol.messages import MaterializationSpec, parse_raw, raw
+from ..protocol.messages import MaterializationSpec, RangeSpec, parse_raw, raw
 from .catalog import Catalog, load_catalog
 from .reduce import Reducer, validator
 from .runtime import FULL_RANGE, InProcessConnector, Runtime, new_uuid
@@ -62,6 +62,8 @@ class Materialization:
         *,
         validate_documents: bool = True,
         server: EmbeddedPostgres | None = None,
+        key_range: RangeSpec = FULL_RANGE,
+        apply: bool = True,
     ) -> None:
         self.catalog, self.spec, self.server = catalog, spec, server
         reducers: dict[str, Any] = {}
@@ -72,11 +74,39 @@ class Materialization:
             reducers[coll.name] = (r.reduce, r.is_delete)
             if validate_documents:
                 self.validators[coll.name] = validator(coll.schema)
-        self.runtime = Runtime(InProcessConnector(), spec, reducers=reducers, key_range=FULL_RANGE)
+        self.runtime = Runtime(InProcessConnector(), spec, reducers=reducers, key_range=key_range)
+        self.key_range = key_range
         # The runner keeps no history of applied specs: it takes the catalog as the spec that was
         # applied before, so that its own tables are recognised on every run after the first.
-        self.actions = self.runtime.validate_and_apply(last=spec)
+        self.actions = self.runtime.validate_and_apply(last=spec) if apply else ""
+        self._refuse_a_merged_layout()
         self.checkpoint: dict[str, Any] = self.runtime.open() or {}
+
+    def _refuse_a_merged_layout(self) -> None:
+        """Shards may split (each part starts from its parent's checkpoint) but never merge back:
+        the parent's row would hold a checkpoint older than what its parts committed."""
+        from ..connect import connect, endpoint
+        from ..driver import endpoint_config
+        from ..identifiers import quote_path
+        from ..tables import checkpoints_path
+
+        cfg = endpoint_config(self.spec.config)
+        r = self.key_range
+        with endpoint(cfg) as target, connect(cfg, target, application="runner", autocommit=True) as conn:
+            table = quote_path(checkpoints_path(cfg))
+            try:
+                inner = conn.execute(
+                    f"SELECT count(*) FROM {table} WHERE materialization = %s AND key_begin >= %s AND key_end <= %s "
+                    "AND (key_begin, key_end) <> (%s, %s)",
+                    [self.spec.name, r.key_begin, r.key_end, r.key_begin, r.key_end],
+                ).fetchone()
+            except psycopg.errors.UndefinedTable:
+                return
+        if inner and inner[0]:
+            raise RunError(
+                f"materialization {self.spec.name!r} was run split into {inner[0]} smaller key ranges (--shards); "
+                "run it with the same --shards as before: merging shards back could apply documents twice"
+            )
 
     @classmethod
     def open(
@@ -88,6 +118,8 @@ class Materialization:
         embedded: bool | None = None,
         data_dir: Path | None = None,
         validate_documents: bool = True,
+        key_range: RangeSpec = FULL_RANGE,
+        apply: bool = True,
     ) -> Materialization:
         cat = load_catalog(catalog)
         spec = cat.to_spec(materialization)
@@ -97,7 +129,9 @@ class Materialization:
             server, endpoint = start_embedded(endpoint, data_dir or default_data_dir())
         spec.config = raw(endpoint)
         try:
-            return cls(cat, spec, validate_documents=validate_documents, server=server)
+            return cls(
+                cat, spec, validate_documents=validate_documents, server=server, key_range=key_range, apply=apply
+            )
         except BaseException:
             if server is not None and server.started_here:
                 server.stop()
@@ -207,6 +241,8 @@ class RunOptions:
     embedded: bool | None = None
     data_dir: Path | None = None
     validate_documents: bool = True
+    key_range: RangeSpec = field(default_factory=lambda: FULL_RANGE)
+    apply: bool = True
 
 
 def transactions(opts: RunOptions, m: Materialization) -> Iterator[Transaction]:
@@ -234,6 +270,25 @@ def _only_collection(m: Materialization) -> str:
     return names[0]
 
 
+def apply_catalog(opts: RunOptions) -> EmbeddedPostgres | None:
+    """Validate and apply once, before shards start; returns the embedded server if one was started."""
+    cat = load_catalog(opts.catalog)
+    spec = cat.to_spec(opts.materialization)
+    endpoint = dict(parse_raw(spec.config, {}))
+    server = None
+    if opts.embedded or (opts.embedded is None and not endpoint.get("address")):
+        server, endpoint = start_embedded(endpoint, opts.data_dir or default_data_dir())
+    spec.config = raw(endpoint)
+    runtime = Runtime(InProcessConnector(), spec)
+    try:
+        runtime.validate_and_apply(last=spec)
+    except BaseException:
+        if server is not None and server.started_here:
+            server.stop()
+        raise
+    return server
+
+
 def run(opts: RunOptions, progress: Any = None, after: Any = None) -> Summary:
     """Run to the end of the input; `after(conn, tables)` sees the tables before the server stops."""
     started = time.monotonic()
@@ -244,6 +299,8 @@ def run(opts: RunOptions, progress: Any = None, after: Any = None) -> Summary:
         embedded=opts.embedded,
         data_dir=opts.data_dir,
         validate_documents=opts.validate_documents,
+        key_range=opts.key_range,
+        apply=opts.apply,
     ) as m:
         summary.tables = [".".join(b.resource_path) for b in m.spec.bindings]
         if m.server is not None:

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import uuid
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -88,6 +89,22 @@ def new_uuid(now: dt.datetime | None = None) -> str:
     node = int.from_bytes(os.urandom(6), "big")
     seq = int.from_bytes(os.urandom(2), "big") & 0x3FFF
     return str(uuid.UUID(fields=(low, mid, hi | 0x1000, 0x80 | (seq >> 8), seq & 0xFF, node)))
+
+
+def key_hash(packed_key: bytes) -> int:
+    """Which shard a key belongs to: a stable 32-bit hash of its packed form, as Flow routes keys to
+    shards by a hash of the key over the [0, 2^32) key range."""
+    return zlib.crc32(packed_key)
+
+
+def shard_ranges(shards: int) -> list[RangeSpec]:
+    """`shards` contiguous key ranges covering [0, 2^32), as Flow splits a shard's range."""
+    step = (1 << 32) // shards
+    bounds = [i * step for i in range(shards)] + [1 << 32]
+    return [
+        RangeSpec(key_begin=bounds[i], key_end=bounds[i + 1] - 1, r_clock_begin=0, r_clock_end=0xFFFFFFFF)
+        for i in range(shards)
+    ]
 
 
 def encode_doc(doc: Any) -> bytes:
@@ -388,9 +405,12 @@ class Runtime:
         order; delta-updates bindings keep every document, as Flow's own preview does.
         """
         combined: list[Any] = [[] if bp.delta else {} for bp in self.bindings]
+        whole = self.key_range.key_begin == 0 and self.key_range.key_end == 0xFFFFFFFF
         for collection, doc in docs:
             for bp in self.by_collection.get(collection, []):
                 key = pack(extract(doc, bp.keys))
+                if not whole and not self.key_range.key_begin <= key_hash(key) <= self.key_range.key_end:
+                    continue  # another shard's key
                 slot = combined[bp.index]
                 self.stats["docs"] += 1
                 if bp.delta:
