@@ -162,7 +162,10 @@ def test_key_too_large_for_the_index(pg_database: Any) -> None:
         (b'{"store":{"keyPacked":"FQ=="}} trailing', "malformed request"),
         (b'{"store":{"keyPacked":"\xff\xfe"}}', "malformed request"),
         (b'{"store":{"binding":3,"keyPacked":"FQE="}}', "binding index 3 is out of range"),
-        (b'{"store":{"keyPacked":"FQI=","valuesPacked":"AmEA","doc":{"id":2}}}', '"label" of relation "typed" violates'),
+        (
+            b'{"store":{"keyPacked":"FQI=","valuesPacked":"AmEA","doc":{"id":2}}}',
+            '"label" of relation "typed" violates',
+        ),
         (b'{"acknowledge":{}}', "unexpected 'acknowledge' message (expected store or startCommit)"),
         (b'{"store":{"keyPacked":"!!!!"}}', "malformed request"),
     ],

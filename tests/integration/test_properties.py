@@ -21,7 +21,11 @@ from tests.specs import binding, materialization, projection
 SLOW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 text = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=80)
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**64) + 1, max_value=2**64 - 1), st.floats(allow_nan=False, allow_infinity=False), text
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**64) + 1, max_value=2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    text,
 )
 
 
