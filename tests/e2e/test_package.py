@@ -29,12 +29,14 @@ def test_wheel_and_sdist_install_and_run(tmp_path: Path) -> None:
     assert len(wheels) == 1 and len(sdists) == 1
 
     env = tmp_path / "venv"
-    venv.create(env, with_pip=False, system_site_packages=True)  # dependencies come from this machine
+    venv.create(env, with_pip=False)
     python = env / "bin" / "python"
+    # A clean environment: the wheel and its declared dependencies, nothing else (pip's cache helps).
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheels[0])],
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", str(wheels[0])],
         check=True,
         capture_output=True,
+        timeout=600,
     )
     version = subprocess.run([env / "bin" / "materialize-postgres", "--version"], capture_output=True, check=True)
     assert version.stdout.decode().strip() == f"materialize-postgres {__version__}"
