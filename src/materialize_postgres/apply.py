@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from .config import EndpointConfig
-from .identifiers import quote
+from .identifiers import quote, truncate
 from .introspect import ExistingTable, existing_schemas, existing_tables, lookup
 from .migrations import migration_cast
 from .protocol.messages import MaterializationSpec
@@ -24,6 +24,12 @@ from .validate import last_bindings
 
 class ApplyError(RuntimeError):
     """A statement of Apply failed; the message quotes it."""
+
+
+class UserStatement(str):
+    """SQL the user wrote (additional_table_create_sql); errors name it as theirs."""
+
+    __slots__ = ()
 
 
 @dataclass
@@ -67,7 +73,7 @@ def _create_actions(table: Table) -> list[Action]:
     statements = [ddl.create_enum(c.type) for c in table.columns if c.type.enum_type]
     statements += [create, *comments]
     if table.resource.additional_table_create_sql:
-        statements.append(table.resource.additional_table_create_sql)
+        statements.append(UserStatement(table.resource.additional_table_create_sql))
     return [Action(ddl.render(create, comments), statements)]
 
 
@@ -109,51 +115,56 @@ def _column_fits(column: Column, current: ExistingTable) -> bool:
 
 
 def _alter_actions(table: Table, current: ExistingTable) -> list[Action]:
-    selected = {c.field for c in table.columns}
+    """Described as the Go connector does: enum statements, the ALTER TABLE between blank lines, casts."""
     add = [c for c in table.columns if current.column(c.field) is None]
-    drop_not_null: list[str] = []
-    for c in table.columns:
-        existing = current.column(c.field)
-        if existing is not None and not existing.nullable and not c.not_null and not c.is_key:
-            drop_not_null.append(existing.name)
-    key_names = {k.field for k in table.keys}
-    for name, existing in current.columns.items():
-        if name not in selected and not existing.nullable and name not in key_names and not _is_truncated_of(
-            name, selected
-        ):
-            drop_not_null.append(name)
-    actions: list[Action] = []
-    enum_columns = [c for c in table.columns if c.type.enum_type]
-    new_enums = [c for c in add if c.type.enum_type]
-    if new_enums:
-        actions.append(Action("", [ddl.create_enum(c.type) for c in new_enums]))
-    existing_enums = [c for c in enum_columns if c not in new_enums]
-    if existing_enums:
-        stmts = [s for c in existing_enums for s in [ddl.create_enum(c.type), *ddl.add_enum_values(c.type)]]
-        actions.append(Action("", stmts, autocommit=True))
+    drop_not_null = _newly_nullable(table, current)
+    migrations = [(c, cast) for c in table.columns if (cast := _migration(c, current)) is not None]
+    changed = bool(add or drop_not_null or migrations)
+    actions = _enum_actions(table, add + [c for c, _ in migrations], described=changed)
     if add or drop_not_null:
         stmt = ddl.alter_table(table, add, drop_not_null)
+        actions.append(Action(f"\n{stmt}\n", [stmt]))
+    for c, cast in migrations:  # one transaction each, as statements are retried by the next Apply
+        stmt = ddl.migrate_column(table, c, cast)
         actions.append(Action(stmt, [stmt]))
-    for c in table.columns:
-        existing = current.column(c.field)
-        if existing is None or c.is_key or c.type.is_compatible(existing.data_type, existing.udt_name):
-            continue
-        cast = migration_cast(existing, c.type, c.ident)
-        if cast is None:
-            continue  # Validate reported it as incompatible; a backfill replaces the table.
-        stmts = [ddl.create_enum(c.type)] if c.type.enum_type else []
-        migrate = ddl.migrate_column(table, c, cast)
-        stmts.append(migrate)
-        if c.not_null and existing.nullable is False:
-            pass
-        actions.append(Action(migrate, stmts))
     return actions
 
 
-def _is_truncated_of(name: str, selected: set[str]) -> bool:
-    from .identifiers import truncate
+def _enum_actions(table: Table, changed: list[Column], *, described: bool) -> list[Action]:
+    """Create the enum types of new or migrated columns and add every value of every enum column.
 
-    return any(truncate(f) == name for f in selected)
+    They run alone: a value added by ALTER TYPE cannot be used in the transaction that added it.
+    Every Apply runs them (idempotently) so that new values arrive even with no other change;
+    they are described only alongside other changes, so an Apply with nothing to do says nothing.
+    """
+    enums = [c for c in table.columns if c.type.enum_type]
+    if not enums:
+        return []
+    stmts = [ddl.create_enum(c.type) for c in changed if c.type.enum_type]
+    stmts += [s for c in enums for s in ddl.add_enum_values(c.type)]
+    return [Action("\n".join(stmts) if described else "", stmts, autocommit=True)]
+
+
+def _newly_nullable(table: Table, current: ExistingTable) -> list[str]:
+    """NOT NULL columns that may now get NULLs: fields no longer required, and columns not selected."""
+    out: list[str] = []
+    for c in table.columns:
+        existing = current.column(c.field)
+        defaulted = existing is not None and (existing.has_default or len(c.projection.inference.default) > 0)
+        if existing is not None and not existing.nullable and not c.not_null and not defaulted:
+            out.append(existing.name)
+    selected = {truncate(c.field) for c in table.columns}
+    out += [name for name, col in current.columns.items() if name not in selected and not col.nullable]
+    return out
+
+
+def _migration(column: Column, current: ExistingTable) -> str | None:
+    """The cast that migrates an existing column of another type in place; keys never migrate."""
+    existing = current.column(column.field)
+    if existing is None or column.is_key or column.type.is_compatible(existing.data_type, existing.udt_name):
+        return None
+    # None: Validate reported the field incompatible, and a backfill replaces the table.
+    return migration_cast(existing, column.type, column.ident)
 
 
 def describe(actions: list[Action]) -> str:
@@ -182,4 +193,5 @@ def _run(conn: psycopg.Connection, stmt: str) -> None:
     try:
         conn.execute(stmt.encode())  # bytes: no client-side parameter parsing of '%' in user SQL
     except psycopg.Error as err:
-        raise ApplyError(f"executing statement {stmt.strip()!r}: {str(err).strip()}") from None
+        what = "additional SQL statement" if isinstance(stmt, UserStatement) else "statement"
+        raise ApplyError(f"executing {what} {stmt.strip()!r}: {str(err).strip()}") from None

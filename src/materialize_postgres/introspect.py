@@ -16,6 +16,7 @@ class ExistingColumn:
     udt_name: str
     nullable: bool
     char_max_length: int
+    has_default: bool = False
 
     @property
     def type_label(self) -> str:
@@ -52,7 +53,7 @@ def existing_tables(conn: psycopg.Connection, paths: list[list[str]]) -> dict[tu
     rows = conn.execute(
         """
         SELECT c.table_schema, c.table_name, c.column_name, c.data_type, c.udt_name,
-               c.is_nullable = 'YES', COALESCE(c.character_maximum_length, 0)
+               c.is_nullable = 'YES', COALESCE(c.character_maximum_length, 0), c.column_default IS NOT NULL
         FROM information_schema.columns c
         WHERE c.table_schema = ANY(%s)
         ORDER BY c.table_schema, c.table_name, c.ordinal_position
@@ -60,11 +61,11 @@ def existing_tables(conn: psycopg.Connection, paths: list[list[str]]) -> dict[tu
         [schemas],
     ).fetchall()
     out: dict[tuple[str, str], ExistingTable] = {}
-    for schema, table, col, data_type, udt, nullable, maxlen in rows:
+    for schema, table, col, data_type, udt, nullable, maxlen, has_default in rows:
         if (schema, table) not in wanted:
             continue
         t = out.setdefault((schema, table), ExistingTable(schema, table, {}))
-        t.columns[col] = ExistingColumn(col, data_type, udt, nullable, maxlen)
+        t.columns[col] = ExistingColumn(col, data_type, udt, nullable, maxlen, has_default)
     return out
 
 

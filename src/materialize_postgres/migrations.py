@@ -34,9 +34,9 @@ def migration_cast(existing: ExistingColumn, target: ColumnType, column_ident: s
             return f"{column_ident}::{target.enum_type}"
         return None
     new = target.ddl.upper()
-    if new in ("JSON",) and data_type not in ("json",):
-        return f"to_json({column_ident})"
     template = _MIGRATIONS.get(data_type, {}).get(new)
+    if template is None and new == "JSON":
+        template = "to_json({c})"  # any other type becomes JSON; a type's own rule comes first
     if template is None:
         return None
     return template.format(c=column_ident, ddl=target.ddl)

@@ -11,18 +11,19 @@ import binascii
 import datetime as dt
 import hashlib
 import ipaddress
+import math
 import re
 import struct
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
 
 from .identifiers import MAX_IDENTIFIER_BYTES, quote, truncate
-from .protocol.messages import Projection
+from .protocol.messages import Projection, StringInference
 
 JSONB_MEDIA_TYPE = "application/vnd.estuary.postgresql.jsonb+json"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -73,6 +74,9 @@ class ColumnType:
 # Flattening the inferred types.
 
 
+_FLAT_NAMES = frozenset({"string", "integer", "number", "fractional", "boolean", "object", "array"})
+
+
 def flat_type(p: Projection) -> str:
     inf = p.inference
     types = [t for t in inf.types if t != "null"]
@@ -81,14 +85,13 @@ def flat_type(p: Projection) -> str:
         allowed = set(inf.types)
         if fmt == "integer" and allowed <= {"integer", "null", "string"}:
             return "string_integer"
-        if fmt == "number" and allowed <= {"number", "null", "string", "integer"}:
+        if fmt == "number" and allowed <= {"number", "null", "string"}:
             return "string_number"
+    types = [t for t in types if t in _FLAT_NAMES]
     if not types:
         return "never"
     if len(types) > 1:
-        if set(types) == {"integer", "number"}:
-            return "number"
-        return "multiple"
+        return "multiple"  # even integer and number: the Go connector stores either as JSON
     t = types[0]
     if t == "string":
         enc = inf.string.content_encoding if inf.string else ""
@@ -181,7 +184,7 @@ def _as_text(v: Any) -> str:
 
 
 def _as_string_form(v: Any) -> str:
-    """castToString: any JSON value as text."""
+    """castToString: any JSON value as text, as the Go connector renders it."""
     if isinstance(v, str):
         return _as_text(v)
     if isinstance(v, bool):
@@ -189,10 +192,20 @@ def _as_string_form(v: Any) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
-        return repr(v) if not v.is_integer() or abs(v) >= 1e16 else str(int(v))
+        return _float_text(v)
     if v is None:
         return "null"
     return _as_json(v).decode()
+
+
+def _float_text(v: float) -> str:
+    """The shortest digits that read back as `v`, never in exponent form: 1e20 is "100000000000000000000"."""
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    text = format(Decimal(repr(v)), "f")
+    return text.removesuffix(".0") if "." in text and text.endswith(".0") else text
 
 
 def _as_numeric(v: Any) -> Decimal | int:
@@ -366,8 +379,7 @@ TEXT = ColumnType("TEXT", "string", "text", _as_text, ("character varying",))
 
 
 def _json_type(p: Projection, flags: dict[str, bool], flat: str) -> ColumnType:
-    media = p.inference.content_media_type or (p.inference.string.content_type if p.inference.string else "")
-    if flags.get("jsonb", True) and media == JSONB_MEDIA_TYPE:
+    if flags.get("jsonb", True) and p.inference.content_media_type == JSONB_MEDIA_TYPE:
         return ColumnType("JSONB", flat, "jsonb", _as_jsonb)
     return ColumnType("JSON", flat, "json", _as_json)
 
@@ -393,13 +405,19 @@ def map_projection(
     table_path: list[str],
 ) -> ColumnType:
     cfg = field_config or {}
-    flat = flat_type(p)
-    if isinstance(cfg.get("DDL"), str) and cfg["DDL"]:
-        base = _map_flat(p, flat, is_key=is_key, flags=flags, table_path=table_path)
-        return ColumnType(cfg["DDL"], flat, base.copy_type, base.convert, user_ddl=True, uncast=base.uncast)
     if cfg.get("castToString") or cfg.get("ignoreStringFormat"):
-        return ColumnType("TEXT", "string", "text", _as_string_form, ("character varying",))
-    return _map_flat(p, flat, is_key=is_key, flags=flags, table_path=table_path)
+        base = _cast_to_string(p, is_key=is_key, flags=flags, table_path=table_path)
+    else:
+        base = _map_flat(p, flat_type(p), is_key=is_key, flags=flags, table_path=table_path)
+    if isinstance(cfg.get("DDL"), str) and cfg["DDL"]:
+        return replace(base, ddl=cfg["DDL"], user_ddl=True, enum_type=None, enum_name=None, enum_values=())
+    return base
+
+
+def _cast_to_string(p: Projection, *, is_key: bool, flags: dict[str, bool], table_path: list[str]) -> ColumnType:
+    """Mapped as a plain string (no format), every value converted to its text."""
+    plain = msgspec.structs.replace(p, inference=msgspec.structs.replace(p.inference, string=StringInference()))
+    return replace(_map_string(plain, is_key=is_key, flags=flags, table_path=table_path), convert=_as_string_form)
 
 
 def _map_flat(

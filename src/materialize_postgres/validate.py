@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import EndpointConfig, parse_resource
-from .identifiers import quote
+from .identifiers import MAX_IDENTIFIER_BYTES, quote, truncate
 from .introspect import ExistingTable, lookup
 from .migrations import migration_cast
 from .protocol.messages import (
@@ -107,30 +107,50 @@ def check_hard_errors(ctx: BindingContext, flags: dict[str, bool]) -> None:
             "another table name; to adopt an existing table, set the feature flag "
             "'allow_existing_tables_for_new_bindings'"
         )
-    if ctx.last is not None and ctx.existing is not None and ctx.last.delta_updates and not ctx.delta:
-        if ctx.last.backfill == ctx.backfill:
+    last = ctx.last
+    if last is not None and ctx.existing is not None and last.delta_updates and not ctx.delta and (
+        last.backfill == ctx.backfill
+    ):
+        raise ValidationFailure(
+            f"binding {name!r}: changing table {'.'.join(ctx.path)} from delta updates to standard updates "
+            "is not allowed; backfill the binding or materialize into a new table"
+        )
+
+
+def check_key_truncation(ctx: BindingContext) -> None:
+    """Key columns must be created, so two keys that PostgreSQL would cut to one name cannot work."""
+    seen: dict[str, str] = {}
+    for p in ctx.collection.projections:
+        if not (p.is_primary_key or p.ptr in ctx.collection.key):
+            continue
+        short = truncate(p.field)
+        if short in seen and seen[short] != p.field:
             raise ValidationFailure(
-                f"binding {name!r}: changing table {'.'.join(ctx.path)} from delta updates to standard updates "
-                "is not allowed; backfill the binding or materialize into a new table"
+                f"key fields {seen[short]!r} and {p.field!r} of collection {ctx.collection.name!r} are the same in "
+                f"their first {MAX_IDENTIFIER_BYTES} bytes, which is all PostgreSQL keeps of a column name; "
+                "give one of them a shorter projection name"
             )
+        seen[short] = p.field
 
 
 def binding_constraints(ctx: BindingContext, cfg: EndpointConfig, flags: dict[str, bool]) -> dict[str, Constraint]:
     check_hard_errors(ctx, flags)
+    check_key_truncation(ctx)
     no_doc = cfg.advanced.no_flow_document
-    base = new_table_constraints(ctx.collection, delta=ctx.delta, no_flow_document=no_doc)
     same_table = ctx.existing is not None and (ctx.last is None or ctx.last.backfill == ctx.backfill)
     if not same_table:
-        return base
+        return new_table_constraints(ctx.collection, delta=ctx.delta, no_flow_document=no_doc)
     if not ctx.delta and not no_doc and not any(p.ptr == "" for p in ctx.collection.projections):
         raise ValidationFailure(
             f"collection {ctx.collection.name!r} has no root document projection, which is required for a "
             "standard-updates materialization"
         )
-    return {
-        p.field: existing_constraint(ctx, p, base[p.field], cfg, flags)
-        for p in ctx.collection.projections
-    }
+    out: dict[str, Constraint] = {}
+    for p in ctx.collection.projections:
+        # The projection's own constraint, without the whole-table rules of a new table.
+        base = new_field_constraint(p, ctx.collection, delta=ctx.delta, no_flow_document=no_doc)
+        out[p.field] = existing_constraint(ctx, p, base, cfg, flags)
+    return out
 
 
 def new_table_constraints(
@@ -187,12 +207,10 @@ def existing_constraint(
 ) -> Constraint:
     if base.type == FORBIDDEN:
         return base
-    last = ctx.last
-    last_sel = last.field_selection if last is not None else None
     is_key = p.ptr in ctx.collection.key or p.is_primary_key
     if p.ptr == "" and not ctx.delta:
-        return _existing_document(ctx, p, base, cfg, flags)
-    if is_key and not ctx.delta and last_sel is not None and p.field not in last_sel.keys:
+        return _existing_document(ctx, p, base, flags)
+    if is_key and not ctx.delta and _new_key(ctx, p.field):
         return c(
             FORBIDDEN,
             "A new key field cannot be added to an existing standard-updates table without a backfill",
@@ -203,32 +221,41 @@ def existing_constraint(
     incompatible = _incompatibility(ctx, p, column, is_key=is_key, flags=flags)
     if incompatible:
         return c(INCOMPATIBLE, incompatible)
-    if is_key and not ctx.delta:
+    if is_key:
         return c(REQUIRED_FIELD, "This field is a key of the existing table")
     return c(OPTIONAL, "This field is a column of the existing table")
 
 
-def _existing_document(
-    ctx: BindingContext, p: Projection, base: Constraint, cfg: EndpointConfig, flags: dict[str, bool]
-) -> Constraint:
-    current = ctx.last.field_selection.document if ctx.last else ""
+def _new_key(ctx: BindingContext, field: str) -> bool:
+    """A key field the last spec did not select at all (a former value may become a key)."""
     if ctx.last is None:
-        current = p.field if ctx.existing and ctx.existing.column(p.field) else ""
+        return False
+    sel = ctx.last.field_selection
+    return field not in sel.keys and field not in sel.values and field != sel.document
+
+
+def _existing_document(ctx: BindingContext, p: Projection, base: Constraint, flags: dict[str, bool]) -> Constraint:
+    """The document of a standard table stays the field it was: the last spec's, else the first root one."""
+    roots = [q.field for q in ctx.collection.projections if q.ptr == ""]
+    column = ctx.existing.column(p.field) if ctx.existing else None
+    if base.type == OPTIONAL and column is None and not (ctx.last and ctx.last.field_selection.document):
+        return base  # no_flow_document, and the table has no document column: it may stay without one
+    current = ctx.last.field_selection.document if ctx.last else roots[0]
+    if current and current not in roots and p.field == roots[0]:
+        return c(
+            INCOMPATIBLE,
+            f"The document was materialized as field {current!r}, which the collection no longer has; "
+            "backfill the binding to choose another root document projection",
+        )
     if current == p.field:
-        column = ctx.existing.column(p.field) if ctx.existing else None
-        if column is not None:
-            reason = _incompatibility(ctx, p, column, is_key=False, flags=flags)
-            if reason:
-                return c(INCOMPATIBLE, reason)
-        return c(REQUIRED_FIELD, "This field holds the document in the existing table")
+        reason = _incompatibility(ctx, p, column, is_key=False, flags=flags) if column else None
+        return c(INCOMPATIBLE, reason) if reason else c(REQUIRED_FIELD, "This field holds the document in the table")
     if current:
         return c(
             FORBIDDEN,
             f"The root document projection {p.field!r} cannot be materialized because field {current!r} "
             "already holds the document",
         )
-    if base.type == OPTIONAL:
-        return base
     return c(INCOMPATIBLE, "A root document column cannot be added to an existing table without a backfill")
 
 

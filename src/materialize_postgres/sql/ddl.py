@@ -83,7 +83,7 @@ def alter_table(table: Table, add: list[Column], drop_not_null: list[str]) -> st
 
 
 def migrate_column(table: Table, column: Column, cast: str) -> str:
-    return f"ALTER TABLE {table.ident} ALTER COLUMN {column.ident} TYPE {column.type.ddl} USING {cast};"
+    return f"ALTER TABLE {table.ident} ALTER COLUMN {column.ident} TYPE {column.type.ddl} USING {cast}"
 
 
 def truncate_table(table: Table) -> str:
