@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def endpoint_config(raw_config: object) -> EndpointConfig:
-    cfg = parse_endpoint(parse_raw(raw_config, {}))  # type: ignore[arg-type]
+    data = raw_config if isinstance(raw_config, dict) else parse_raw(raw_config, {})  # type: ignore[arg-type]
+    cfg = parse_endpoint(data)
     from .logs import add_secret
 
     add_secret(cfg.password_value())
