@@ -13,7 +13,7 @@ import psycopg
 from materialize_postgres.runner.runtime import ProcessConnector, Runtime, new_uuid
 from tests.specs import binding, materialization, simple_collection
 
-TRANSACTIONS = int(os.environ.get("LONG_SESSION_TRANSACTIONS", "300"))
+TRANSACTIONS = int(os.environ.get("LONG_SESSION_TRANSACTIONS", "2000"))
 
 
 def rss_kb(pid: int) -> int:

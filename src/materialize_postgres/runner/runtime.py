@@ -10,10 +10,12 @@ protocol (`ProcessConnector`), which is how the end-to-end tests play Flow's rol
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import os
 import subprocess
 import sys
+import threading
 import uuid
 import zlib
 from collections.abc import Callable, Iterable
@@ -218,11 +220,17 @@ class ProcessConnector:
         self.command = command or [sys.executable, "-m", "materialize_postgres", "connector"]
         self.env = {**os.environ, "LOG_FORMAT": "json", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
+        # The connector logs on stderr; an undrained pipe would block it once the OS buffer fills.
+        self.stderr_lines: collections.deque[bytes] = collections.deque(maxlen=200)
+        self._stderr_reader: threading.Thread | None = None
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
             self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env
         )
+        self.stderr_lines.clear()
+        self._stderr_reader = threading.Thread(target=self._drain_stderr, args=(self.proc,), daemon=True)
+        self._stderr_reader.start()
         self.send({"spec": {"connectorType": "IMAGE", "config": {}}})
         self.expect("spec")
 
@@ -245,9 +253,16 @@ class ProcessConnector:
             raise RuntimeError_(f"expected {kind!r} from the connector, got {list(msg)}")
         return msg[kind]
 
+    def _drain_stderr(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr
+        for line in proc.stderr:
+            self.stderr_lines.append(line)
+
     def stderr_tail(self) -> str:
-        assert self.proc and self.proc.stderr
-        return self.proc.stderr.read().decode(errors="replace")[-2000:]
+        """The connector's last log lines, once it has exited (waits for the log pipe to close)."""
+        if self._stderr_reader is not None:
+            self._stderr_reader.join(timeout=10)
+        return b"".join(self.stderr_lines).decode(errors="replace")[-2000:]
 
     def _request(self, kind: str, body: Any, answer: str) -> Any:
         if self.proc is None:
@@ -295,6 +310,8 @@ class ProcessConnector:
         if self.proc.stdin:
             self.proc.stdin.close()
         self.proc.wait(timeout=60)
+        if self._stderr_reader is not None:
+            self._stderr_reader.join(timeout=10)
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream:
                 stream.close()
