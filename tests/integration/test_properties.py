@@ -9,7 +9,7 @@ from typing import Any
 import fdb.tuple
 import msgspec
 import psycopg
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from materialize_postgres.identifiers import quote, truncate
@@ -89,6 +89,7 @@ def _spec(endpoint: dict[str, Any]) -> Any:
                 projection("b", "/b", ["boolean"], must=False),
                 projection("s", "/s", ["string"], must=False),
                 projection("o", "/o", ["object"], must=False),
+                projection("n", "/n", ["integer", "null"]),  # required, may be null
             ],
             key=lambda p: p["field"],
         ),
@@ -100,19 +101,21 @@ def _spec(endpoint: dict[str, Any]) -> Any:
 @given(
     docs=st.lists(
         st.fixed_dictionaries(
-            {},
+            {"n": st.one_of(st.none(), st.integers(-5, 5))},
             optional={
                 "i": st.integers(min_value=-(2**63), max_value=2**63 - 1),
                 "f": st.floats(allow_nan=False, allow_infinity=False, width=64),
                 "b": st.booleans(),
                 "s": text,
-                "o": st.dictionaries(st.text(max_size=5), st.integers(-100, 100), max_size=3),
+                # Any key, NUL included; nested nulls are values and must survive.
+                "o": st.dictionaries(st.text(max_size=5), st.one_of(st.none(), st.integers(-100, 100)), max_size=3),
             },
         ),
         min_size=1,
         max_size=5,
     )
 )
+@example(docs=[{"n": None, "o": {"\x00": None, "k": 1}}, {"n": 1, "s": "", "i": 0}])
 def test_values_come_back_through_a_load(pg_database: Any, docs: list[dict[str, Any]]) -> None:
     spec = _spec(pg_database.endpoint_config())
     rt = Runtime(InProcessConnector(), spec)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from ..identifiers import quote
 from ..tables import Column, Table
 
@@ -34,8 +36,13 @@ def load_query(table: Table, temp: str) -> str:
 
 
 def load_query_rebuilt(table: Table, temp: str) -> str:
-    """no_flow_document: rebuild each document from its top-level columns."""
-    pairs: list[str] = []
+    """no_flow_document: rebuild each document from its top-level columns.
+
+    The document is assembled as JSON text rather than JSONB: JSONB rejects a NUL escape that a
+    JSON column may hold, and stripping nulls from JSONB would also drop nulls nested in values.
+    An optional field whose column is NULL is left out; a required one comes back as null.
+    """
+    members: list[str] = []
     for c in [*table.keys, *table.values]:
         if c.projection.ptr.count("/") != 1:
             continue
@@ -43,15 +50,19 @@ def load_query_rebuilt(table: Table, temp: str) -> str:
         expr = f"r.{c.ident}"
         if c.type.uncast and not (c.is_key and c.type.ddl == "TEXT"):
             expr = c.type.uncast.format(c=expr)
-        pairs.append(f"'{name.replace(chr(39), chr(39) * 2)}', {expr}")
-    # JSONB_BUILD_OBJECT takes at most 100 arguments: build in chunks and concatenate.
-    chunks = [pairs[i : i + 49] for i in range(0, len(pairs), 49)] or [[]]
-    obj = " || ".join("JSONB_BUILD_OBJECT(" + ", ".join(ch) + ")" for ch in chunks)
-    optional = [c for c in [*table.keys, *table.values] if not c.not_null and c.projection.ptr.count("/") == 1]
-    if optional:
-        # Absent optional fields come back absent, not as explicit nulls.
-        obj = f"jsonb_strip_nulls({obj})" if len(optional) else obj
-    return f"SELECT {table.binding}, ({obj})::text FROM {table.ident} AS r JOIN {temp} AS l ON {_join(table)}"
+        value = f"to_json({expr})::text"
+        if c.projection.inference.exists == "MUST":
+            value = f"COALESCE({value}, 'null')"
+        members.append(f"{_sql_string(json.dumps(name) + ':')} || {value}")
+    # A function takes at most 100 arguments: join chunks, then join the non-empty chunks.
+    chunks = [f"concat_ws(',', {', '.join(members[i : i + 90])})" for i in range(0, len(members), 90)]
+    body = chunks[0] if len(chunks) == 1 else "concat_ws(',', " + ", ".join(f"NULLIF({c}, '')" for c in chunks) + ")"
+    obj = f"'{{' || {body} || '}}'" if chunks else "'{}'"
+    return f"SELECT {table.binding}, {obj} FROM {table.ident} AS r JOIN {temp} AS l ON {_join(table)}"
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def merge_update(table: Table, staging: str) -> str | None:
