@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 from rich.console import Console
+from rich.markup import escape
 
 from .config import ConfigError
 from .connect import ConnectError, connect, endpoint
@@ -19,18 +20,16 @@ def run_checks(config: Any) -> bool:
     try:
         cfg = endpoint_config(config)
     except ConfigError as err:
-        console.print(f"[red]FAIL[/red] config: {err}")
+        _say(console, "FAIL", f"config: {err}")
         return False
-    console.print("[green]PASS[/green] config is valid")
+    _say(console, "PASS", "config is valid")
     try:
         with endpoint(cfg) as target, connect(cfg, target, application="check", autocommit=True) as conn:
             version = conn.execute("SHOW server_version").fetchone()
-            console.print(
-                f"[green]PASS[/green] connected to {cfg.address} (PostgreSQL {version[0] if version else '?'})"
-            )
+            _say(console, "PASS", f"connected to {cfg.address} (PostgreSQL {version[0] if version else '?'})")
             return _privileges(conn, cfg.schema_name, console)
     except (ConnectError, OSError) as err:
-        console.print(f"[red]FAIL[/red] connect: {err}")
+        _say(console, "FAIL", f"connect: {err}")
         return False
 
 
@@ -48,9 +47,15 @@ def _privileges(conn: psycopg.Connection, schema: str, console: Console) -> bool
         try:
             with conn.transaction(force_rollback=True):
                 probe(conn)
-            console.print(f"[green]PASS[/green] can {name}")
+            _say(console, "PASS", f"can {name}")
         except psycopg.Error as err:
             ok = False if "schema" not in name else ok  # schemas are only needed when missing
             label = "FAIL" if "schema" not in name else "WARN"
-            console.print(f"[red]{label}[/red] cannot {name}: {str(err).strip()}")
+            _say(console, label, f"cannot {name}: {str(err).strip()}")
     return ok
+
+
+def _say(console: Console, status: str, text: str) -> None:
+    # Server messages and values may hold [brackets]: print them as text, never as markup.
+    style = {"PASS": "green", "WARN": "yellow"}.get(status, "red")
+    console.print(f"[{style}]{status}[/{style}] {escape(text)}")
