@@ -7,7 +7,8 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# With every IAM extra: the image serves AWS, GCP and Azure IAM authentication alike.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[aws,gcp,azure]"
 
 FROM python:3.11-slim
 LABEL FLOW_RUNTIME_PROTOCOL=materialize
