@@ -236,7 +236,9 @@ def _as_date(v: Any) -> dt.date:
         _as_date("0001-" + s[5:])
         return dt.date(1, 1, 1)
     try:
-        return dt.date.fromisoformat(s[:10]) if len(s) >= 10 else dt.date.fromisoformat(s)
+        if len(s) != 10 or s[4] != "-" or s[7] != "-":
+            raise ValueError
+        return dt.date.fromisoformat(s)
     except ValueError:
         raise ValueError_(f"{s!r} is not a date (YYYY-MM-DD) between years 1 and 9999") from None
 

@@ -329,8 +329,9 @@ def test_binary_converter() -> None:
 def test_date_converter() -> None:
     assert convert(["string"], "2024-02-29", **fmt("date")) == dt.date(2024, 2, 29)
     assert convert(["string"], "0000-01-01", **fmt("date")) == dt.date(1, 1, 1)
-    with pytest.raises(ValueError_):
-        convert(["string"], "2024-13-01", **fmt("date"))
+    for bad in ("2024-13-01", "2024-01-01T00:00:00Z", "2024-01-01 junk", "20240101", "2024-1-01"):
+        with pytest.raises(ValueError_, match="is not a date"):
+            convert(["string"], bad, **fmt("date"))
 
 
 @pytest.mark.parametrize(
