@@ -154,7 +154,10 @@ def test_python_api(pg_database: Any, tmp_path: Path) -> None:
     with Materialization.open(cat) as m:
         assert m.committed_position is None
         m.transaction([("acme/orders", order(1)), ("acme/orders", order(2))], position=1)
-        m.transaction([("acme/orders", order(1, status="shipped"))], position=2)
+        shipped = order(1, status="shipped")
+        before = json.loads(json.dumps(shipped))
+        m.transaction([("acme/orders", shipped)], position=2)
+        assert shipped == before, "the caller's documents are not modified"
     with Materialization.open(cat) as m:
         assert m.committed_position == 2
     assert rows(pg_database.dsn) == [(1, "shipped", 2), (2, "placed", 1)]

@@ -216,8 +216,6 @@ def _types_of(node: dict[str, Any], r: _Resolver) -> set[str]:
     if "type" in node:
         t = node["type"]
         types = set(t if isinstance(t, list) else [t])
-        if "number" in types:
-            types.add("number")
     for key in ("anyOf", "oneOf"):
         if key in node:
             union: set[str] = set()

@@ -154,8 +154,7 @@ class Materialization:
         lines: list[int] | None = None,
     ) -> int:
         """Materialize one transaction atomically; returns how many documents it held."""
-        batch = list(docs)
-        self._check(batch, lines)
+        batch = self._check(list(docs), lines)
         checkpoint = {"sources": {name: {"readThrough": str(offset)} for name, offset in self.sources().items()}}
         for name, offset in (sources or {}).items():
             checkpoint["sources"][name] = {"readThrough": str(offset)}
@@ -165,7 +164,10 @@ class Materialization:
         self.checkpoint = checkpoint
         return len(batch)
 
-    def _check(self, batch: list[tuple[str, Any]], lines: list[int] | None) -> None:
+    def _check(self, batch: list[tuple[str, Any]], lines: list[int] | None) -> list[tuple[str, Any]]:
+        """The batch validated, each document stamped with a `_meta/uuid` (on a copy: the caller's
+        documents are left as they were)."""
+        out: list[tuple[str, Any]] = []
         for i, (collection, doc) in enumerate(batch):
             if collection not in self.catalog.collections:
                 raise RunError(f"{_at(lines, i)}: unknown collection {collection!r}")
@@ -178,9 +180,11 @@ class Materialization:
                     f"{_at(lines, i)}: document with key {key} does not match the schema of "
                     f"{collection!r} {problem}; nothing of this transaction was committed"
                 )
-            meta = doc.setdefault("_meta", {}) if isinstance(doc, dict) else None
+            meta = doc.get("_meta", {}) if isinstance(doc, dict) else None
             if isinstance(meta, dict) and "uuid" not in meta:
-                meta["uuid"] = new_uuid()
+                doc = {**doc, "_meta": {**meta, "uuid": new_uuid()}}
+            out.append((collection, doc))
+        return out
 
     def close(self) -> None:
         try:
