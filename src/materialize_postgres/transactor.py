@@ -25,7 +25,7 @@ import psycopg
 from psycopg import errors as pgerr
 from psycopg.copy import QueuedLibpqWriter
 
-from . import pgtypes
+from . import pgtypes, rowcodec
 from .checkpoint import json_to_stored, stored_to_json
 from .config import EndpointConfig
 from .connect import Target, connect
@@ -82,6 +82,8 @@ class BindingState:
     # Top-level scalar fields can be read from the parsed document, which is cheaper than
     # decoding packed tuples; None when some field needs the tuple (nested, default, JSON...).
     fast_fields: list[str] | None = None
+    # Rows decoded straight from the document (rowcodec.py); None when a column needs the tuple.
+    codec: rowcodec.RowCodec | None = None
     staged_bytes: int = 0
     has_updates: bool = False
     has_deletes: bool = False
@@ -139,12 +141,15 @@ class Transactor:
                 raise TransactionError(
                     f"table {'.'.join(t.path)} has no column for field(s) {', '.join(missing)}: run Apply first"
                 )
+            uuid_ptr = self.spec.bindings[t.binding].collection.uuid_ptr
+            rows = _writer(t.columns, types)
             out.append(
                 BindingState(
                     t,
                     _writer(t.keys, types),
-                    _writer(t.columns, types),
-                    fast_fields=_fast_fields(t, self.spec.bindings[t.binding].collection.uuid_ptr),
+                    rows,
+                    fast_fields=_fast_fields(t, uuid_ptr),
+                    codec=rowcodec.codec_for(t, rows.converters, uuid_ptr),
                 )
             )
         return out
@@ -201,6 +206,24 @@ class Transactor:
         if len(b.load_keys) >= LOAD_BUFFER_KEYS:
             self._send_load_keys(b)
 
+    def load_line(self, line: bytes) -> int | None:
+        """The hot path of loads: a load request line straight to a key row. Returns the binding,
+        or None to have `load` handle the line (and report what is wrong with it)."""
+        try:
+            req = rowcodec.decode_load_line(line).load
+            b = self.bindings[req.binding]
+            if b.table.delta_updates:
+                return None
+            key = unpack(req.key_packed)
+            b.load_keys.append(
+                [conv(v) if v is not None else None for conv, v in zip(b.key_writer.converters, key, strict=True)]
+            )
+        except (msgspec.MsgspecError, IndexError, ValueError, TypeError):
+            return None
+        if len(b.load_keys) >= LOAD_BUFFER_KEYS:
+            self._send_load_keys(b)
+        return req.binding
+
     def _send_load_keys(self, b: BindingState) -> None:
         if not b.load_keys:
             return
@@ -227,10 +250,14 @@ class Transactor:
             b.has_loads = False
         found = 0
         if parts:
-            cur = self.load_conn.cursor()
-            for binding, doc in cur.stream("\nUNION ALL\n".join(parts)):
-                emit(binding, doc.encode())
-                found += 1
+            # Binary COPY out streams the rows with bounded memory, and its text-typed documents
+            # read as raw bytes (bytea's binary form) go to the runtime without decoding.
+            query = "\nUNION ALL\n".join(parts)
+            with self.load_conn.cursor().copy(f"COPY ({query}) TO STDOUT (FORMAT BINARY)") as copy:
+                copy.set_types(["int4", "bytea"])
+                for binding, doc in copy.rows():
+                    emit(binding, doc)
+                    found += 1
         self.load_conn.commit()  # ON COMMIT DELETE ROWS empties the key tables
         return found
 
@@ -251,13 +278,38 @@ class Transactor:
         row = self._row(b, msg)
         converted = self._convert(b, b.row_writer, row, row[: len(t.keys)])
         size = len(msg.values_packed) + len(msg.key_packed) + len(msg.doc) + 16
-        if msg.exists and not t.delta_updates:
-            if len(msg.doc) >= LARGE_DOC_BYTES:
-                self._stage(b.row_updates, converted, size)
-            else:
-                self._route(b, "update", converted, size)
+        self._put(b, msg.exists, converted, len(msg.doc), size)
+
+    def store_line(self, line: bytes) -> tuple[int, int] | None:
+        """The hot path: a store request line straight to a row, when its binding's codec can
+        read it. Returns (binding, bytes) when stored, None to have `store` handle the line."""
+        try:
+            req = rowcodec.decode_store_line(line).store
+            b = self.bindings[req.binding]
+        except (msgspec.MsgspecError, IndexError):
+            return None
+        codec = b.codec
+        if codec is None or not len(req.doc):
+            return None
+        row = codec.row(bytes(req.doc))
+        if row is None:
+            return None
+        size = len(line)
+        if req.delete and self.hard_delete and not b.table.delta_updates:
+            if req.exists:
+                self._route(b, "delete", row[: len(b.table.keys)], 64)
         else:
-            self._route(b, "insert", converted, size)
+            self._put(b, req.exists, row, len(req.doc), size)
+        return req.binding, size
+
+    def _put(self, b: BindingState, exists: bool, row: list[Any], doc_bytes: int, size: int) -> None:
+        if exists and not b.table.delta_updates:
+            if doc_bytes >= LARGE_DOC_BYTES:
+                self._stage(b.row_updates, row, size)
+            else:
+                self._route(b, "update", row, size)
+        else:
+            self._route(b, "insert", row, size)
 
     def _row(self, b: BindingState, msg: Store) -> list[Any]:
         t = b.table

@@ -9,6 +9,7 @@ exits non-zero, which rolls back whatever the transaction had written.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import BinaryIO
 
 import msgspec
@@ -67,9 +68,26 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
     state = _ACK
     line_no = 0
     txn_stats: Metrics | None = None
+    store_line: Callable[[bytes], tuple[int, int] | None] = _no_fast_path
+    load_line: Callable[[bytes], int | None] = _no_fast_path
     try:
         for line in inp:
             line_no += 1
+            if state == _STORE and line.startswith(b'{"store":'):
+                assert txn_stats is not None
+                try:
+                    stored = store_line(line)  # the hot path; None falls through to the general one
+                except (psycopg.OperationalError, ConnectionLost) as err:
+                    raise _lost("store", line_no, err) from None
+                if stored is not None:
+                    txn_stats.store(*stored)
+                    continue
+            elif state == _LOAD and line.startswith(b'{"load":'):
+                assert txn_stats is not None
+                binding = load_line(line)
+                if binding is not None:
+                    txn_stats.load(binding)
+                    continue
             if not line.strip():
                 continue
             try:
@@ -83,16 +101,14 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
                 session = _unary(kind, req, output, line_no)
                 if session is not None:
                     txn_stats = Metrics([".".join(b.table.path) for b in session.transactor.bindings])
+                    store_line = session.transactor.store_line
+                    load_line = session.transactor.load_line
                 continue
             assert txn_stats is not None
             try:
                 state = _transaction_step(session, state, kind, req, output, line_no, txn_stats)
             except (psycopg.OperationalError, ConnectionLost) as err:
-                raise ProtocolError(
-                    f"lost the connection to PostgreSQL while handling {kind!r} (line {line_no}): "
-                    f"{' '.join(str(err).split())}. Nothing of the open transaction was committed; on restart the "
-                    "connector resumes from the last committed checkpoint"
-                ) from None
+                raise _lost(kind, line_no, err) from None
         if session is not None and state != _ACK:
             raise ProtocolError(
                 f"input ended after line {line_no} in the middle of a transaction (waiting for "
@@ -103,6 +119,18 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
             session.close()
         if txn_stats is not None and txn_stats.total_txns:
             txn_stats.summary()
+
+
+def _lost(kind: str, line_no: int, err: Exception) -> ProtocolError:
+    return ProtocolError(
+        f"lost the connection to PostgreSQL while handling {kind!r} (line {line_no}): "
+        f"{' '.join(str(err).split())}. Nothing of the open transaction was committed; on restart the "
+        "connector resumes from the last committed checkpoint"
+    )
+
+
+def _no_fast_path(line: bytes) -> None:
+    return None
 
 
 def _unary(kind: str, req, output: Output, line_no: int) -> driver.Session | None:

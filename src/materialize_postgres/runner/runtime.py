@@ -78,9 +78,11 @@ def uuid_time(text: str) -> str | None:
         u = uuid.UUID(text)
     except (ValueError, AttributeError, TypeError):
         return None
-    ticks = u.time - _UUID_EPOCH
-    ts = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=ticks // 10)
-    return ts.isoformat().replace("+00:00", "Z")
+    # Full 100 ns precision, trailing zeros trimmed, as the runtime writes it (RFC 3339 nanos).
+    seconds, ticks = divmod(u.time - _UUID_EPOCH, 10_000_000)
+    ts = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=seconds)
+    fraction = f".{ticks:07d}".rstrip("0").rstrip(".")
+    return ts.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
 
 
 def new_uuid(now: dt.datetime | None = None) -> str:
