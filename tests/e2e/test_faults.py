@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from materialize_postgres.protocol.messages import Store
-from materialize_postgres.runner.runtime import ProcessConnector, Runtime, new_uuid
+from materialize_postgres.runner.runtime import ProcessConnector, Runtime, new_uuid, shard_ranges
 from tests.proxy import Proxy
 from tests.specs import binding, materialization, simple_collection
 
@@ -163,3 +163,31 @@ def test_a_cut_connection_fails_the_connector_with_a_clear_error(pg_database: An
         assert "Nothing of the open transaction was committed" in str(err.value)
     finally:
         proxy.close()
+
+
+def test_a_shard_split_mid_stream_loses_and_duplicates_nothing(pg_database: Any) -> None:
+    """One shard commits, then splits in two; each half resumes from the parent's checkpoint and
+    materializes only its own keys."""
+    spec = materialization(pg_database.endpoint_config(hardDelete=True), binding("things", simple_collection()))
+    Runtime(ProcessConnector(), spec).validate_and_apply()
+    txns = workload(random.Random(11), 8)
+    parent = Runtime(ProcessConnector(), spec)
+    parent.open()
+    for i in range(4):
+        parent.transaction(txns[i], {"sources": {"input": {"readThrough": str(i)}}})
+    parent.close()
+
+    halves = [Runtime(ProcessConnector(), spec, key_range=r) for r in shard_ranges(2)]
+    for half in halves:
+        assert half.open()["sources"]["input"]["readThrough"] == "3", "a child inherits its parent's checkpoint"
+    for i in range(4, len(txns)):
+        for half in halves:
+            half.transaction(txns[i], {"sources": {"input": {"readThrough": str(i)}}})
+    for half in halves:
+        half.close()
+    assert table_state(pg_database.dsn) == expected_state(txns)
+    with psycopg.connect(pg_database.dsn) as conn:
+        ranges = conn.execute(
+            "SELECT key_begin, key_end FROM flow_checkpoints_v1 ORDER BY key_begin, key_end"
+        ).fetchall()
+    assert [(r.key_begin, r.key_end) for r in shard_ranges(2)] == [r for r in ranges if r != (0, 0xFFFFFFFF)]
