@@ -1,0 +1,215 @@
+"""Hand-made ways to store one transaction's rows, each the best a careful user could write.
+
+    python -m bench.baselines METHOD DSN TABLE COLUMNS_JSON STORE_FILE
+
+Run as its own process so its time and peak memory are its own. It reads the same `store`
+lines the connector is fed (documents kept as raw JSON, as the connector keeps them), writes
+the rows into the table, commits, and prints a JSON line with its peak RSS.
+
+- `copy`: a streamed binary COPY straight into the table (the ceiling for inserts).
+- `stage`: binary COPY into a temporary table, then one INSERT ... ON CONFLICT DO UPDATE and
+  one DELETE ... USING (the ceiling for merges of small documents).
+- `rows`: pipelined per-row INSERT / UPDATE / DELETE statements, the Go connector's strategy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg import sql
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
+
+
+class Meta(msgspec.Struct):
+    uuid: str
+    op: str | None = None
+
+
+class Doc(msgspec.Struct, rename={"meta": "_meta"}):
+    """The bench collections' documents, typed by hand: decoding picks out just these fields."""
+
+    id: int
+    meta: Meta
+    val: int | None = None
+    payload: str | None = None
+
+
+class Store(msgspec.Struct):
+    doc: msgspec.Raw
+    exists: bool = False
+    delete: bool = False
+
+
+class Request(msgspec.Struct):
+    store: Store
+
+
+UNIX = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def published_at(u: str) -> dt.datetime:
+    ticks = int(u[15:18] + u[9:13] + u[0:8], 16) - 0x01B21DD213814000
+    micros, rest = divmod(ticks, 10)
+    return UNIX + dt.timedelta(microseconds=micros + (rest > 5 or (rest == 5 and micros & 1)))
+
+
+GETTERS: dict[str, Any] = {
+    "id": lambda d: d.id,
+    "val": lambda d: d.val,
+    "payload": lambda d: d.payload,
+    "_meta/op": lambda d: d.meta.op,
+    "flow_published_at": lambda d: published_at(d.meta.uuid),
+}
+
+
+class RawJson(bytes):
+    """A document's JSON text, sent as is."""
+
+
+class RawJsonDumper(Dumper):
+    format = Format.BINARY  # the binary form of json is its text
+    oid = psycopg.adapters.types["json"].oid  # also what COPY's set_types(["json"]) picks
+
+    def dump(self, obj: Any) -> bytes:
+        return bytes(obj)
+
+
+def rows(path: Path, names: list[str]) -> Iterator[tuple[bool, bool, tuple[Any, ...]]]:
+    decode_line = msgspec.json.Decoder(Request).decode
+    decode_doc = msgspec.json.Decoder(Doc).decode
+    getters = [GETTERS[n] for n in names[:-1]]  # the last column is the document
+    with path.open("rb") as f:
+        for line in f:
+            s = decode_line(line).store
+            raw = bytes(s.doc)
+            doc = decode_doc(raw)
+            yield s.exists, s.delete, (*[g(doc) for g in getters], RawJson(raw))
+
+
+def main(method: str, dsn: str, table: str, columns_json: str, store_file: str) -> None:
+    columns: list[dict[str, Any]] = json.loads(columns_json)
+    names = [c["name"] for c in columns]
+    types = [c["type"] for c in columns]
+    keys = [c["name"] for c in columns if c["key"]]
+    target = sql.Identifier(table)
+    cols = sql.SQL(", ").join(map(sql.Identifier, names))
+    with psycopg.connect(dsn) as conn:
+        conn.adapters.register_dumper(RawJson, RawJsonDumper)
+        # Timed like the connector's transactions: connected, from the first row to the commit.
+        start = time.perf_counter()
+        data = rows(Path(store_file), names)
+        if method == "copy":
+            copy_into(conn, sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(target, cols), types, data)
+        elif method == "stage":
+            stage(conn, target, names, types, keys, data)
+        elif method == "rows":
+            per_row(conn, target, names, keys, data)
+        else:
+            raise SystemExit(f"unknown method {method!r}")
+        conn.commit()
+        seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "peak_rss_kb": peak_rss_kb()}))
+
+
+def copy_into(conn: psycopg.Connection[Any], statement: sql.Composable, types: list[str], data: Any) -> None:
+    with conn.cursor().copy(statement) as copy:
+        copy.set_types(types)
+        for _, _, row in data:
+            copy.write_row(row)
+
+
+def stage(
+    conn: psycopg.Connection[Any],
+    target: sql.Identifier,
+    names: list[str],
+    types: list[str],
+    keys: list[str],
+    data: Iterator[tuple[bool, bool, tuple[Any, ...]]],
+) -> None:
+    cols = sql.SQL(", ").join(map(sql.Identifier, names))
+    conn.execute(sql.SQL("CREATE TEMP TABLE stage AS SELECT {} FROM {} WITH NO DATA").format(cols, target))
+    conn.execute(sql.SQL("CREATE TEMP TABLE stage_del AS SELECT {} FROM {} WITH NO DATA").format(cols, target))
+    deletes: list[tuple[Any, ...]] = []
+    with conn.cursor().copy(sql.SQL("COPY stage ({}) FROM STDIN (FORMAT BINARY)").format(cols)) as copy:
+        copy.set_types(types)
+        for _, delete, row in data:
+            if delete:
+                deletes.append(row)
+            else:
+                copy.write_row(row)
+    key_cols = sql.SQL(", ").join(map(sql.Identifier, keys))
+    updates = sql.SQL(", ").join(
+        sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in keys
+    )
+    conn.execute(
+        sql.SQL("INSERT INTO {} ({}) SELECT {} FROM stage ON CONFLICT ({}) DO UPDATE SET {}").format(
+            target, cols, cols, key_cols, updates
+        )
+    )
+    if deletes:
+        with conn.cursor().copy(sql.SQL("COPY stage_del ({}) FROM STDIN (FORMAT BINARY)").format(cols)) as copy:
+            copy.set_types(types)
+            for row in deletes:
+                copy.write_row(row)
+        on = sql.SQL(" AND ").join(sql.SQL("t.{0} = d.{0}").format(sql.Identifier(k)) for k in keys)
+        conn.execute(sql.SQL("DELETE FROM {} AS t USING stage_del AS d WHERE {}").format(target, on))
+
+
+def per_row(
+    conn: psycopg.Connection[Any],
+    target: sql.Identifier,
+    names: list[str],
+    keys: list[str],
+    data: Iterator[tuple[bool, bool, tuple[Any, ...]]],
+) -> None:
+    nkeys = len(keys)
+    cols = sql.SQL(", ").join(map(sql.Identifier, names))
+    marks = sql.SQL(", ").join(sql.Placeholder() * len(names))
+    insert = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(target, cols, marks)
+    where = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in keys)
+    sets = sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(n)) for n in names[nkeys:])
+    update = sql.SQL("UPDATE {} SET {} WHERE {}").format(target, sets, where)
+    delete = sql.SQL("DELETE FROM {} WHERE {}").format(target, where)
+    batches: list[tuple[sql.Composable, list[tuple[Any, ...]]]] = [(insert, []), (update, []), (delete, [])]
+    pending = 0
+    with conn.cursor() as cur:
+        for exists, is_delete, row in data:
+            if is_delete:
+                batches[2][1].append(row[:nkeys])
+            elif exists:
+                batches[1][1].append((*row[nkeys:], *row[:nkeys]))
+            else:
+                batches[0][1].append(row)
+            pending += 1
+            if pending == 1000:
+                _send(cur, batches)
+                pending = 0
+        _send(cur, batches)
+
+
+def _send(cur: psycopg.Cursor[Any], batches: list[tuple[sql.Composable, list[tuple[Any, ...]]]]) -> None:
+    """executemany pipelines its statements: one round trip per batch, prepared once."""
+    for statement, params in batches:
+        if params:
+            cur.executemany(statement, params)
+            params.clear()
+
+
+def peak_rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

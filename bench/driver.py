@@ -1,0 +1,158 @@
+"""Runs one workload through one store method and times each transaction.
+
+The connector runs as Flow runs it: a `materialize-postgres connector` process fed protocol
+lines on stdin. The driver plays the runtime: it loads only keys at or below the largest key
+stored so far (the runtime's max-key optimisation), waits for `flushed`, streams the stores,
+and times each transaction from its first request to `startedCommit`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from materialize_postgres.protocol.messages import MaterializationSpec
+from materialize_postgres.runner.runtime import ProcessConnector, Runtime
+
+BASELINES = {"copy", "stage", "rows"}
+
+
+@dataclass
+class Phase:
+    seconds: float
+    peak_rss_kb: int
+    loaded: int = 0
+
+
+@dataclass
+class TxnFiles:
+    stores: Path | None  # protocol `store` lines; None for generated-on-the-fly memory runs
+    loads: Path
+    kind: str  # "insert" (new keys only) or "merge"
+    lines: Iterable[bytes] | None = None
+
+
+def connector_command() -> list[str]:
+    return [sys.executable, "-m", "materialize_postgres", "connector"]
+
+
+def apply(spec: MaterializationSpec) -> None:
+    rt = Runtime(ProcessConnector(connector_command()), spec)
+    try:
+        rt.validate_and_apply()
+    finally:
+        rt.close()
+
+
+def peak_rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def run_connector(spec: MaterializationSpec, txns: list[TxnFiles], log: Path) -> list[Phase]:
+    connector = ProcessConnector(connector_command())
+    rt = Runtime(connector, spec)
+    rt.open()
+    connector.acknowledge()
+    proc = connector.proc
+    assert proc is not None and proc.stdin is not None and proc.stdout is not None
+    phases = []
+    try:
+        for n, t in enumerate(txns):
+            start = time.perf_counter()
+            loaded = _loads(proc, t.loads)
+            _stores(proc, t)
+            checkpoint = b'{"sources":{"bench/pivot=00":{"readThrough":"%d"}}}' % (n + 1)
+            proc.stdin.write(b'{"startCommit":{"runtimeCheckpoint":%s}}\n' % checkpoint)
+            proc.stdin.flush()
+            _expect(connector, "startedCommit")
+            seconds = time.perf_counter() - start
+            phases.append(Phase(seconds, peak_rss_kb(proc.pid), loaded))
+            connector.acknowledge()
+    except (BrokenPipeError, RuntimeError) as e:
+        raise RuntimeError(f"connector failed: {e}: {connector.stderr_tail()}") from e
+    finally:
+        log.write_text("".join(x.decode(errors="replace") for x in connector.stderr_lines))
+        connector.close()
+    return phases
+
+
+def _loads(proc: subprocess.Popen[bytes], loads: Path) -> int:
+    """Stream the loads and the flush; count `loaded` until `flushed`."""
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin = proc.stdin
+
+    def feed() -> None:
+        with loads.open("rb") as f:
+            shutil.copyfileobj(f, stdin, 1 << 20)
+        stdin.write(b'{"flush":{}}\n')
+        stdin.flush()
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    loaded = 0
+    for line in proc.stdout:
+        if line.startswith(b'{"loaded"'):
+            loaded += 1
+        elif line.startswith(b'{"flushed"'):
+            break
+        else:
+            raise RuntimeError(f"unexpected response during loads: {line[:200]!r}")
+    writer.join()
+    return loaded
+
+
+def _stores(proc: subprocess.Popen[bytes], t: TxnFiles) -> None:
+    assert proc.stdin is not None
+    if t.stores is not None:
+        with t.stores.open("rb") as f:
+            shutil.copyfileobj(f, proc.stdin, 1 << 20)
+    else:
+        assert t.lines is not None
+        batch: list[bytes] = []
+        for line in t.lines:
+            batch.append(line)
+            if len(batch) >= 512:
+                proc.stdin.write(b"\n".join(batch) + b"\n")
+                batch.clear()
+        if batch:
+            proc.stdin.write(b"\n".join(batch) + b"\n")
+
+
+def _expect(connector: ProcessConnector, kind: str) -> Any:
+    msg = connector.recv()
+    if kind not in msg:
+        raise RuntimeError(f"expected {kind}, got {msgspec.json.encode(msg)[:300]!r}")
+    return msg[kind]
+
+
+def run_baseline(method: str, dsn: str, table: str, columns: list[dict[str, Any]], stores: Path) -> Phase:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.baselines",
+            method,
+            dsn,
+            table,
+            msgspec.json.encode(columns).decode(),
+            str(stores),
+        ],
+        capture_output=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"baseline {method} failed: {out.stderr.decode(errors='replace')[-3000:]}")
+    report = msgspec.json.decode(out.stdout.splitlines()[-1])
+    return Phase(report["seconds"], report["peak_rss_kb"])
