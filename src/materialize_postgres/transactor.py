@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import msgspec
 import psycopg
 from psycopg import errors as pgerr
-from psycopg.copy import QueuedLibpqWriter
+from psycopg.types.string import ByteaBinaryLoader
 
 from . import pgtypes, rowcodec
 from .checkpoint import json_to_stored, stored_to_json
@@ -41,10 +40,11 @@ log = logging.getLogger(__name__)
 
 BUFFER_BYTES = 32 * 1024 * 1024  # staged rows held in memory before they are sent
 LOAD_BUFFER_KEYS = 50_000
+LOAD_BATCH_BYTES = 8 * 1024 * 1024  # loaded documents fetched per round trip
+LOAD_BATCH_ROWS = 5000
 # Above this document size a merge is cheaper as a pipelined per-row UPDATE than through a
 # staging table, which would write each large document twice (measured: bench/RESULTS.md).
 LARGE_DOC_BYTES = 256 * 1024
-WRITER_QUEUE_ITEMS = 64  # of at most 128 KiB each
 _json = msgspec.json.Decoder()
 
 
@@ -224,6 +224,27 @@ class Transactor:
             self._send_load_keys(b)
         return req.binding
 
+    def _fetch_loaded(self, query: str, emit: Callable[[int, bytes], None]) -> int:
+        """Run the load query through a server-side cursor, fetching batches sized to hold about
+        LOAD_BATCH_BYTES of documents: bounded memory, and far fewer round trips than row-at-a-time
+        streaming. Documents arrive as raw bytes (text read by bytea's binary loader), undecoded."""
+        self.load_conn.execute(dml.INDEX_JOINS)
+        cur = self.load_conn.cursor("flow_loaded", binary=True)
+        cur.adapters.register_loader("text", ByteaBinaryLoader)
+        found, batch = 0, 100
+        try:
+            cur.execute(query)
+            while rows := cur.fetchmany(batch):
+                size = 0
+                for binding, doc in rows:
+                    emit(binding, doc)
+                    size += len(doc)
+                found += len(rows)
+                batch = max(1, min(LOAD_BATCH_ROWS, LOAD_BATCH_BYTES * len(rows) // max(size, 1)))
+        finally:
+            cur.close()
+        return found
+
     def _send_load_keys(self, b: BindingState) -> None:
         if not b.load_keys:
             return
@@ -250,14 +271,7 @@ class Transactor:
             b.has_loads = False
         found = 0
         if parts:
-            # Binary COPY out streams the rows with bounded memory, and its text-typed documents
-            # read as raw bytes (bytea's binary form) go to the runtime without decoding.
-            query = "\nUNION ALL\n".join(parts)
-            with self.load_conn.cursor().copy(f"COPY ({query}) TO STDOUT (FORMAT BINARY)") as copy:
-                copy.set_types(["int4", "bytea"])
-                for binding, doc in copy.rows():
-                    emit(binding, doc)
-                    found += 1
+            found = self._fetch_loaded("\nUNION ALL\n".join(parts), emit)
         self.load_conn.commit()  # ON COMMIT DELETE ROWS empties the key tables
         return found
 
@@ -411,6 +425,8 @@ class Transactor:
         stored = json_to_stored(runtime_checkpoint)
         self._send_staged()
         conn = self.store_conn
+        if any(b.has_updates or b.has_deletes for b in self.bindings):
+            conn.execute(dml.INDEX_JOINS)
         for b in self.bindings:
             t = b.table
             if b.has_updates:
@@ -469,26 +485,18 @@ class Transactor:
                 conn.close()
 
 
-class BoundedWriter(QueuedLibpqWriter):
-    """psycopg's queued COPY writer, with its queue capped so that a server slower than us holds
-    at most a few MB of encoded rows in memory rather than psycopg's default of 128 MB."""
-
-    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
-        super().__init__(cursor)
-        self._queue = queue.Queue(maxsize=WRITER_QUEUE_ITEMS)
-
-
 class CopyStream:
     """An open binary COPY into one table, fed row by row.
 
-    psycopg's queued writer sends buffers from a background thread, so encoding the next rows
-    overlaps with the server ingesting the previous ones.
+    Rows go out as psycopg fills its buffer, so the server ingests while we decode the next
+    requests. (psycopg's queued writer, which sends from a background thread, measured slower
+    here: the hot path leaves little Python work to overlap, and the thread contends for the GIL.)
     """
 
     def __init__(self, conn: psycopg.Connection, b: BindingState, kind: str, ident: str, w: Writer):
         self.binding, self.kind, self.table = b, kind, b.table
         cur = conn.cursor()
-        self._cm = cur.copy(dml.copy_into(ident, w.columns), writer=BoundedWriter(cur))
+        self._cm = cur.copy(dml.copy_into(ident, w.columns))
         try:
             self.copy = self._cm.__enter__()
             self.copy.set_types(w.types)

@@ -7,6 +7,13 @@ import json
 from ..identifiers import quote
 from ..tables import Column, Table
 
+# Joins of a key or staging table against a target go through the target's primary key, one probe
+# per row, as the Go connector's per-row statements do. Left to itself the planner often hashes
+# the whole target instead: temporary tables have no statistics, and a target that has just grown
+# has stale ones. Measured on a 550k-row table, a 50k-row UPDATE ... FROM took 0.47 s with probes
+# and 0.76 s with the hash join the planner chose.
+INDEX_JOINS = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+
 
 def temp_name(prefix: str, table: Table) -> str:
     return f"flow_{prefix}_{table.binding}"
