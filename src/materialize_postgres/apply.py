@@ -40,8 +40,9 @@ class Action:
     autocommit: bool = False
 
 
-def plan(conn: psycopg.Connection, spec: MaterializationSpec, cfg: EndpointConfig,
-         last: MaterializationSpec | None = None) -> list[Action]:
+def plan(
+    conn: psycopg.Connection, spec: MaterializationSpec, cfg: EndpointConfig, last: MaterializationSpec | None = None
+) -> list[Action]:
     tables = [build_table(i, b, cfg, spec.name) for i, b in enumerate(spec.bindings)]
     ckpt_path = checkpoints_path(cfg)
     existing = existing_tables(conn, [t.path for t in tables] + [ckpt_path])
@@ -77,8 +78,9 @@ def _create_actions(table: Table) -> list[Action]:
     return [Action(ddl.render(create, comments), statements)]
 
 
-def _table_actions(table: Table, current: ExistingTable | None, prior_backfill: int | None,
-                   cfg: EndpointConfig) -> list[Action]:
+def _table_actions(
+    table: Table, current: ExistingTable | None, prior_backfill: int | None, cfg: EndpointConfig
+) -> list[Action]:
     if current is None:
         return _create_actions(table)
     flags = cfg.feature_flags()

@@ -108,9 +108,7 @@ def build_column(
     return Column(field, quote(field), p, ctype, is_key, not_null)
 
 
-def build_table(
-    index: int, binding: MaterializationBinding, endpoint: EndpointConfig, materialization: str
-) -> Table:
+def build_table(index: int, binding: MaterializationBinding, endpoint: EndpointConfig, materialization: str) -> Table:
     resource = parse_resource(parse_raw(binding.resource_config, {}))
     path = list(binding.resource_path) or resource_path(resource, endpoint)
     flags = endpoint.feature_flags()

@@ -422,9 +422,7 @@ def _cast_to_string(p: Projection, *, is_key: bool, flags: dict[str, bool], tabl
     return replace(_map_string(plain, is_key=is_key, flags=flags, table_path=table_path), convert=_as_string_form)
 
 
-def _map_flat(
-    p: Projection, flat: str, *, is_key: bool, flags: dict[str, bool], table_path: list[str]
-) -> ColumnType:
+def _map_flat(p: Projection, flat: str, *, is_key: bool, flags: dict[str, bool], table_path: list[str]) -> ColumnType:
     inf = p.inference
     if flat == "integer":
         num = inf.numeric

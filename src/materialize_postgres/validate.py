@@ -61,9 +61,7 @@ def last_bindings(last: MaterializationSpec | None) -> dict[tuple[str, ...], Mat
     return {tuple(b.resource_path): b for b in last.bindings if b.resource_path}
 
 
-def validate(
-    req: Validate, cfg: EndpointConfig, tables: dict[tuple[str, str], ExistingTable]
-) -> Validated:
+def validate(req: Validate, cfg: EndpointConfig, tables: dict[tuple[str, str], ExistingTable]) -> Validated:
     flags = cfg.feature_flags()
     previous = last_bindings(req.last_materialization)
     seen: dict[tuple[str, ...], str] = {}
@@ -108,8 +106,12 @@ def check_hard_errors(ctx: BindingContext, flags: dict[str, bool]) -> None:
             "'allow_existing_tables_for_new_bindings'"
         )
     last = ctx.last
-    if last is not None and ctx.existing is not None and last.delta_updates and not ctx.delta and (
-        last.backfill == ctx.backfill
+    if (
+        last is not None
+        and ctx.existing is not None
+        and last.delta_updates
+        and not ctx.delta
+        and (last.backfill == ctx.backfill)
     ):
         raise ValidationFailure(
             f"binding {name!r}: changing table {'.'.join(ctx.path)} from delta updates to standard updates "
@@ -153,11 +155,11 @@ def binding_constraints(ctx: BindingContext, cfg: EndpointConfig, flags: dict[st
     return out
 
 
-def new_table_constraints(
-    collection: CollectionSpec, *, delta: bool, no_flow_document: bool
-) -> dict[str, Constraint]:
-    out = {p.field: new_field_constraint(p, collection, delta=delta, no_flow_document=no_flow_document)
-           for p in collection.projections}
+def new_table_constraints(collection: CollectionSpec, *, delta: bool, no_flow_document: bool) -> dict[str, Constraint]:
+    out = {
+        p.field: new_field_constraint(p, collection, delta=delta, no_flow_document=no_flow_document)
+        for p in collection.projections
+    }
     if delta:
         return out
     documents = [p for p in collection.projections if p.ptr == "" and out[p.field].type == REQUIRED_LOCATION]

@@ -19,8 +19,14 @@ def test_request_decoder_fuzzing(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     shutil.copytree(FUZZ / "corpus", corpus)
     done = subprocess.run(
-        [sys.executable, str(FUZZ / "fuzz_requests.py"), f"-max_total_time={SECONDS}", "-rss_limit_mb=1024",
-         f"-artifact_prefix={tmp_path}/", str(corpus)],
+        [
+            sys.executable,
+            str(FUZZ / "fuzz_requests.py"),
+            f"-max_total_time={SECONDS}",
+            "-rss_limit_mb=1024",
+            f"-artifact_prefix={tmp_path}/",
+            str(corpus),
+        ],
         capture_output=True,
         timeout=SECONDS + 120,
     )
