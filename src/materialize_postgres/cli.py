@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 import typer
 
@@ -39,12 +41,21 @@ def connector() -> None:
 
     setup("json")
     try:
-        serve(sys.stdin.buffer, sys.stdout.buffer)
+        serve(_stdin(), sys.stdout.buffer)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except Exception as err:  # the last log line is the error the user reads in Flow
         log.error(_user_message(err), exc_info=err)
         raise typer.Exit(1) from None
+
+
+def _stdin() -> BinaryIO:
+    """stdin with a 1 MiB buffer, and a 1 MiB pipe when it is one: the runtime writes stores in
+    bulk, and fewer, larger reads cost the hot path fewer system calls and context switches."""
+    fd = sys.stdin.fileno()
+    with contextlib.suppress(OSError, AttributeError):  # not a pipe, not Linux, or over the limit
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+    return open(fd, "rb", buffering=1 << 20, closefd=False)
 
 
 def _user_message(err: BaseException) -> str:
