@@ -212,7 +212,7 @@ class Transactor:
         try:
             req = rowcodec.decode_load_line(line).load
             b = self.bindings[req.binding]
-            if b.table.delta_updates:
+            if req.binding < 0 or b.table.delta_updates:
                 return None
             key = unpack(req.key_packed)
             b.load_keys.append(
@@ -279,10 +279,7 @@ class Transactor:
     # Store.
 
     def store(self, msg: Store) -> None:
-        try:
-            b = self.bindings[msg.binding]
-        except IndexError:
-            b = self.binding(msg.binding)  # raises the descriptive error
+        b = self.binding(msg.binding)
         t = b.table
         if msg.delete and self.hard_delete and not t.delta_updates:
             if msg.exists:  # deleting a key that was never stored writes nothing
@@ -299,21 +296,27 @@ class Transactor:
         read it. Returns (binding, bytes) when stored, None to have `store` handle the line."""
         try:
             req = rowcodec.decode_store_line(line).store
-            b = self.bindings[req.binding]
+            b = self.bindings[req.binding] if req.binding >= 0 else None
         except (msgspec.MsgspecError, IndexError):
             return None
-        codec = b.codec
-        if codec is None or not len(req.doc):
+        if b is None or b.codec is None or not len(req.doc):
             return None
-        row = codec.row(bytes(req.doc))
+        doc = bytes(req.doc)
+        row = b.codec.row(doc)
         if row is None:
             return None
         size = len(line)
         if req.delete and self.hard_delete and not b.table.delta_updates:
             if req.exists:
                 self._route(b, "delete", row[: len(b.table.keys)], 64)
-        else:
-            self._put(b, req.exists, row, len(req.doc), size)
+            return req.binding, size
+        # The common case, inlined: the open COPY takes this binding's rows of this kind.
+        stream = self.stream
+        kind = "update" if req.exists and not b.table.delta_updates else "insert"
+        if stream is not None and stream.binding is b and stream.kind == kind and len(doc) < LARGE_DOC_BYTES:
+            stream.write(row)
+            return req.binding, size
+        self._put(b, req.exists, row, len(doc), size)
         return req.binding, size
 
     def _put(self, b: BindingState, exists: bool, row: list[Any], doc_bytes: int, size: int) -> None:

@@ -162,6 +162,7 @@ def test_key_too_large_for_the_index(pg_database: Any) -> None:
         (b'{"store":{"keyPacked":"FQ=="}} trailing', "malformed request"),
         (b'{"store":{"keyPacked":"\xff\xfe"}}', "malformed request"),
         (b'{"store":{"binding":3,"keyPacked":"FQE="}}', "binding index 3 is out of range"),
+        (b'{"store":{"binding":-1,"keyPacked":"FQU=","doc":{"id":5,"label":"x"}}}', "binding index -1 is out"),
         (
             b'{"store":{"keyPacked":"FQI=","valuesPacked":"AmEA","doc":{"id":2}}}',
             '"label" of relation "typed" violates',
