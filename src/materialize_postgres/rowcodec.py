@@ -93,8 +93,7 @@ class _Slot:
 class RowCodec:
     """Turns one binding's documents into rows (key, values, document) ready for COPY."""
 
-    def __init__(self, slots: list[_Slot], width: int, document: Callable[[bytes], Any] | None):
-        self.width = width
+    def __init__(self, slots: list[_Slot], document: Callable[[bytes], Any] | None):
         self._document = document
         self._decode = msgspec.json.Decoder(_struct_for(slots, ())).decode
         self._get = operator.attrgetter(*[".".join(f"f{i}" for i in _attr_path(slots, s)) for s in slots])
@@ -147,7 +146,7 @@ def codec_for(table: Table, converters: list[Callable[[Any], Any]], uuid_ptr: st
         document = typemap._as_jsonb
     else:
         return None
-    return RowCodec(slots, len(columns) + 1, document)
+    return RowCodec(slots, document)
 
 
 def _slot(i: int, c: Column, convert: Callable[[Any], Any], uuid_ptr: str) -> _Slot | None:
