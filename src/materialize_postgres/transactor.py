@@ -211,8 +211,10 @@ class Transactor:
         or None to have `load` handle the line (and report what is wrong with it)."""
         try:
             req = rowcodec.decode_load_line(line).load
+            if req.binding < 0:
+                return None
             b = self.bindings[req.binding]
-            if req.binding < 0 or b.table.delta_updates:
+            if b.table.delta_updates:
                 return None
             key = unpack(req.key_packed)
             b.load_keys.append(
