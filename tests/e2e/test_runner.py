@@ -189,3 +189,10 @@ def test_shards_split_the_key_range_and_never_merge_back(pg_database: Any, tmp_p
     assert ranges == [(0, 1431655764), (0, 4294967295), (1431655765, 2863311529), (2863311530, 4294967295)]
     merged = run(*args)
     assert merged.returncode != 0 and b"run it with the same --shards" in merged.stderr
+    straddling = run(*args, "--shards", "2")  # [0, 2^31) would inherit the full range's old position
+    assert straddling.returncode != 0 and b"run it with the same --shards" in straddling.stderr
+    with source.open("a") as f:
+        f.write("".join(json.dumps(order(i % 3000)) + "\n" for i in range(3000)))
+    finer = run(*args, "--shards", "6")  # each sixth nests in a third and resumes from its position
+    assert finer.returncode == 0, finer.stderr.decode()
+    assert rows(pg_database.dsn, "SELECT count(*), min(items), max(items) FROM orders") == [(3000, 4, 4)]

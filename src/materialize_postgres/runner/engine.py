@@ -83,8 +83,10 @@ class Materialization:
         self.checkpoint: dict[str, Any] = self.runtime.open() or {}
 
     def _refuse_a_merged_layout(self) -> None:
-        """Shards may split (each part starts from its parent's checkpoint) but never merge back:
-        the parent's row would hold a checkpoint older than what its parts committed."""
+        """Shards may split (each part starts from the narrowest committed range that covers it)
+        but never merge back or re-cut across earlier parts: a range that only partly overlaps a
+        committed one would inherit an older checkpoint than what that part committed, and apply
+        its documents twice."""
         from ..connect import connect, endpoint
         from ..driver import endpoint_config
         from ..identifiers import quote_path
@@ -95,17 +97,20 @@ class Materialization:
         with endpoint(cfg) as target, connect(cfg, target, application="runner", autocommit=True) as conn:
             table = quote_path(checkpoints_path(cfg))
             try:
-                inner = conn.execute(
-                    f"SELECT count(*) FROM {table} WHERE materialization = %s AND key_begin >= %s AND key_end <= %s "
-                    "AND (key_begin, key_end) <> (%s, %s)",
-                    [self.spec.name, r.key_begin, r.key_end, r.key_begin, r.key_end],
+                # Rows that overlap this range without covering it (parts of it, or straddling it).
+                found = conn.execute(
+                    f"SELECT count(*) FROM {table} WHERE materialization = %s AND key_begin <= %s AND key_end >= %s "
+                    "AND NOT (key_begin <= %s AND key_end >= %s)",
+                    [self.spec.name, r.key_end, r.key_begin, r.key_begin, r.key_end],
                 ).fetchone()
             except psycopg.errors.UndefinedTable:
                 return
-        if inner and inner[0]:
+        if found and found[0]:
             raise RunError(
-                f"materialization {self.spec.name!r} was run split into {inner[0]} smaller key ranges (--shards); "
-                "run it with the same --shards as before: merging shards back could apply documents twice"
+                f"materialization {self.spec.name!r} was run split into other key ranges (--shards), and "
+                f"{found[0]} of them overlap this run's range {r.key_begin:08x}-{r.key_end:08x} without covering it; "
+                "run it with the same --shards as before, or a multiple of it: "
+                "other layouts could apply documents twice"
             )
 
     @classmethod

@@ -102,9 +102,10 @@ def key_hash(packed_key: bytes) -> int:
 
 
 def shard_ranges(shards: int) -> list[RangeSpec]:
-    """`shards` contiguous key ranges covering [0, 2^32), as Flow splits a shard's range."""
-    step = (1 << 32) // shards
-    bounds = [i * step for i in range(shards)] + [1 << 32]
+    """`shards` contiguous key ranges covering [0, 2^32), as Flow splits a shard's range. Bounds
+    are floor(i * 2^32 / shards), so the ranges of N shards nest inside those of any divisor of N
+    and a run can move to a multiple of its shard count."""
+    bounds = [(i << 32) // shards for i in range(shards + 1)]
     return [
         RangeSpec(key_begin=bounds[i], key_end=bounds[i + 1] - 1, r_clock_begin=0, r_clock_end=0xFFFFFFFF)
         for i in range(shards)
