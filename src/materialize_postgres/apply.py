@@ -8,6 +8,8 @@ which is what `materialize-postgres plan` prints; `execute()` runs a plan.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 
 import psycopg
@@ -20,6 +22,8 @@ from .protocol.messages import MaterializationSpec
 from .sql import ddl
 from .tables import Column, Table, build_table, checkpoints_path
 from .validate import last_bindings
+
+log = logging.getLogger(__name__)
 
 
 class ApplyError(RuntimeError):
@@ -38,6 +42,9 @@ class Action:
     statements: list[str] = field(default_factory=list)
     # Enum values cannot be added inside a transaction block that later uses them, so they run alone.
     autocommit: bool = False
+    # A table whose existing rows the action rewrites or removes: its rows and the time taken are
+    # logged, so that operators see what a migration of a large table cost.
+    rewrites: Table | None = None
 
 
 def plan(
@@ -96,7 +103,7 @@ def _backfill_actions(table: Table, current: ExistingTable, flags: dict[str, boo
         actions = []
         if not flags.get("retain_existing_data_on_backfill"):
             stmt = ddl.truncate_table(table)
-            actions.append(Action(stmt, [stmt]))
+            actions.append(Action(stmt, [stmt], rewrites=table))
         return actions + _alter_actions(table, current)
     if flags.get("retain_existing_data_on_backfill") and not flags.get("always_drop_tables_on_backfill"):
         raise ApplyError(
@@ -128,7 +135,7 @@ def _alter_actions(table: Table, current: ExistingTable) -> list[Action]:
         actions.append(Action(f"\n{stmt}\n", [stmt]))
     for c, cast in migrations:  # one transaction each, as statements are retried by the next Apply
         stmt = ddl.migrate_column(table, c, cast)
-        actions.append(Action(stmt, [stmt]))
+        actions.append(Action(stmt, [stmt], rewrites=table))
     return actions
 
 
@@ -186,9 +193,22 @@ def execute(conn: psycopg.Connection, actions: list[Action]) -> None:
                 conn.autocommit = prior
             continue
         with conn.transaction():
+            rows = _count(conn, action.rewrites.ident) if action.rewrites else None
+            started = time.monotonic()
             for stmt in action.statements:
                 _run(conn, stmt)
+        if action.rewrites:
+            seconds = round(time.monotonic() - started, 3)
+            table = ".".join(action.rewrites.path)
+            fields = {"table": table, "rows": rows, "seconds": seconds, "statement": action.statements[-1]}
+            log.info("rewrote table", extra={"fields": fields})
     conn.commit()
+
+
+def _count(conn: psycopg.Connection, table: str) -> int:
+    # Exact, and cheap next to the rewrite that follows it: both read the whole table.
+    row = conn.execute(f"SELECT count(*) FROM {table}".encode()).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _run(conn: psycopg.Connection, stmt: str) -> None:

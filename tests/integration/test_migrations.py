@@ -237,3 +237,18 @@ def test_plan_prints_the_migration_and_changes_nothing(pg_database: Any, tmp_pat
     assert done.returncode == 0, done.stderr.decode()
     assert "ALTER TABLE" in done.stdout.decode() and "TYPE TEXT USING" in done.stdout.decode()
     assert column(pg_database.dsn)[0] == "bigint"
+
+
+def test_rewrites_of_existing_rows_are_logged_with_rows_and_time(pg_database: Any, caplog: Any) -> None:
+    endpoint = pg_database.endpoint_config()
+    v1 = spec_with(endpoint, _projection({"types": ["integer"]}))
+    apply(v1, None)
+    store(v1, [{"id": i, "v": i} for i in range(1, 251)])
+    v2 = spec_with(endpoint, _projection({"types": ["number"]}))
+    with caplog.at_level("INFO", logger="materialize_postgres.apply"):
+        apply(v2, v1)
+        apply(spec_with(endpoint, _projection({"types": ["number"]}), backfill=1), v2)
+    logged = [r.fields for r in caplog.records if r.getMessage() == "rewrote table"]  # type: ignore[attr-defined]
+    assert [(f["table"], f["rows"]) for f in logged] == [("public.things", 250), ("public.things", 250)]
+    assert "ALTER COLUMN v TYPE" in logged[0]["statement"] and logged[1]["statement"].startswith("TRUNCATE")
+    assert all(isinstance(f["seconds"], float) and f["seconds"] >= 0 for f in logged)
