@@ -72,7 +72,12 @@ def spec() -> None:
 
 @app.command()
 def plan(
-    source: Annotated[Path, typer.Argument(help="A Flow catalog (flow.yaml) or an apply request (JSON).")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A Flow catalog (flow.yaml) or an apply request (JSON, with lastMaterialization to plan a backfill)."
+        ),
+    ],
     materialization: Annotated[str | None, typer.Option(help="Which materialization of the catalog.")] = None,
     config: Annotated[Path | None, typer.Option(help="Endpoint config (YAML/JSON) overriding the catalog's.")] = None,
 ) -> None:

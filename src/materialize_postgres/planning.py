@@ -15,13 +15,20 @@ from .driver import endpoint_config
 from .protocol.messages import MaterializationSpec, raw
 
 
-def load_spec(source: Path, materialization: str | None, config: Path | None) -> MaterializationSpec:
-    """A materialization spec from an apply request (JSON) or a Flow catalog (YAML)."""
+def load_spec(
+    source: Path, materialization: str | None, config: Path | None
+) -> tuple[MaterializationSpec, MaterializationSpec | None]:
+    """A materialization spec from an apply request (JSON) or a Flow catalog (YAML), and the spec
+    applied before it when the request carries one (`lastMaterialization`): backfills and the
+    changes Validate allows are judged against it, as Apply judges them."""
     text = source.read_text()
+    last = None
     if source.suffix == ".json":
         data = json.loads(text)
         data = data.get("apply", data)
         spec = msgspec.json.decode(json.dumps(data.get("materialization", data)), type=MaterializationSpec)
+        if data.get("lastMaterialization"):
+            last = msgspec.json.decode(json.dumps(data["lastMaterialization"]), type=MaterializationSpec)
     else:
         from .runner.catalog import load_catalog
 
@@ -35,7 +42,7 @@ def load_spec(source: Path, materialization: str | None, config: Path | None) ->
         spec = catalog.to_spec(name)
     if config is not None:
         spec.config = raw(_read(config))
-    return spec
+    return spec, last
 
 
 def _read(path: Path) -> Any:
@@ -44,10 +51,10 @@ def _read(path: Path) -> Any:
 
 
 def dry_run(source: Path, materialization: str | None, config: Path | None) -> str:
-    spec = load_spec(source, materialization, config)
+    spec, last = load_spec(source, materialization, config)
     cfg = endpoint_config(spec.config)
     with endpoint(cfg) as target, connect(cfg, target, application="plan") as conn:
-        actions = plan(conn, spec, cfg, None)
+        actions = plan(conn, spec, cfg, last)
         conn.rollback()
     if not actions:
         return "-- nothing to do: the database already matches the spec"

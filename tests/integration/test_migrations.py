@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
 
@@ -52,6 +53,20 @@ def validate(spec: MaterializationSpec, last: MaterializationSpec | None) -> dic
 
 def apply(spec: MaterializationSpec, last: MaterializationSpec | None) -> str:
     return do_apply(Apply(materialization=spec, last_materialization=last)).action_description
+
+
+def planned(spec: MaterializationSpec, last: MaterializationSpec | None) -> str:
+    """What `materialize-postgres plan` prints for an apply request (it changes nothing)."""
+    import tempfile
+    from pathlib import Path
+
+    from materialize_postgres.planning import dry_run
+
+    request = {"apply": {"materialization": spec, "lastMaterialization": last}}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "apply.json"
+        path.write_bytes(msgspec.json.encode(request))
+        return dry_run(path, None, None)
 
 
 def store(spec: MaterializationSpec, docs: list[dict[str, Any]]) -> None:
@@ -116,6 +131,8 @@ def test_in_place_migrations_keep_the_data(
     store(v1, [{"id": 1, "v": value}])
     v2 = spec_with(endpoint, _projection(after))
     assert validate(v2, v1)["v"] == "FIELD_OPTIONAL"
+    assert f"ALTER COLUMN V TYPE {data_type.upper()}" in planned(v2, v1).upper()
+    assert column(pg_database.dsn)[0] != data_type  # planning changed nothing
     description = apply(v2, v1)
     assert "ALTER COLUMN v TYPE" in description and "USING" in description
     assert column(pg_database.dsn) == (data_type, [text])
@@ -142,6 +159,7 @@ def test_incompatible_changes_are_refused_at_validate(
     # A backfill makes it acceptable again: the table is replaced.
     v3 = spec_with(endpoint, _projection(after), backfill=1)
     assert validate(v3, v1)["v"] != "INCOMPATIBLE"
+    assert "DROP TABLE" in planned(v3, v1) and "CREATE TABLE" in planned(v3, v1)
     description = apply(v3, v1)
     assert "DROP TABLE" in description and "CREATE TABLE" in description
 
@@ -152,6 +170,8 @@ def test_a_backfill_that_fits_truncates(pg_database: Any) -> None:
     apply(v1, None)
     store(v1, [{"id": 1, "v": 1}, {"id": 2, "v": 2}])
     v2 = spec_with(endpoint, _projection({"types": ["integer"]}), backfill=1)
+    assert "TRUNCATE TABLE" in planned(v2, v1) and "TRUNCATE TABLE" not in planned(v2, v2)
+    assert column(pg_database.dsn) == ("bigint", ["1", "2"])
     assert "TRUNCATE TABLE" in apply(v2, v1)
     assert column(pg_database.dsn) == ("bigint", [])
 
@@ -162,6 +182,7 @@ def test_retain_existing_data_on_backfill(pg_database: Any) -> None:
     apply(v1, None)
     store(v1, [{"id": 1, "v": 1}])
     v2 = spec_with(endpoint, _projection({"types": ["integer"]}), backfill=1)
+    assert "TRUNCATE" not in planned(v2, v1)
     assert "TRUNCATE" not in apply(v2, v1)
     assert column(pg_database.dsn) == ("bigint", ["1"])
 
@@ -171,6 +192,7 @@ def test_always_drop_tables_on_backfill(pg_database: Any) -> None:
     v1 = spec_with(endpoint, _projection({"types": ["integer"]}))
     apply(v1, None)
     v2 = spec_with(endpoint, _projection({"types": ["integer"]}), backfill=1)
+    assert "DROP TABLE" in planned(v2, v1)
     assert "DROP TABLE" in apply(v2, v1)
 
 
@@ -179,6 +201,7 @@ def test_fields_becoming_optional_or_deselected_lose_not_null(pg_database: Any) 
     v1 = spec_with(endpoint, projection("v", "/v", ["string"], must=True))
     apply(v1, None)
     v2 = spec_with(endpoint, projection("v", "/v", ["string"], must=False))
+    assert "DROP NOT NULL" in planned(v2, v1)
     assert "DROP NOT NULL" in apply(v2, v1)
     with psycopg.connect(pg_database.dsn) as conn:
         (nullable,) = conn.execute(
@@ -252,3 +275,22 @@ def test_rewrites_of_existing_rows_are_logged_with_rows_and_time(pg_database: An
     assert [(f["table"], f["rows"]) for f in logged] == [("public.things", 250), ("public.things", 250)]
     assert "ALTER COLUMN v TYPE" in logged[0]["statement"] and logged[1]["statement"].startswith("TRUNCATE")
     assert all(isinstance(f["seconds"], float) and f["seconds"] >= 0 for f in logged)
+
+
+def test_a_removed_binding_leaves_its_table_and_rows_alone(pg_database: Any) -> None:
+    endpoint = pg_database.endpoint_config()
+    coll = {
+        "name": "m/others",
+        "key": ["/id"],
+        "projections": [projection("flow_document", "", ["object"]), projection("id", "/id", ["integer"], key=True)],
+    }
+    v1 = spec_with(endpoint, _projection({"types": ["integer"]}))
+    things = msgspec.json.decode(msgspec.json.encode(v1.bindings[0]))
+    both = materialization(endpoint, things, binding("others", coll))
+    apply(both, None)
+    store(both, [{"id": 1, "v": 1}])
+    assert planned(v1, both) == "-- nothing to do: the database already matches the spec"
+    assert apply(v1, both) == ""
+    with psycopg.connect(pg_database.dsn) as conn:
+        assert conn.execute("SELECT to_regclass('others') IS NOT NULL").fetchone() == (True,)
+    assert column(pg_database.dsn) == ("bigint", ["1"])
