@@ -504,7 +504,9 @@ class CopyStream:
         self._cm = cur.copy(dml.copy_into(ident, w.columns))
         try:
             self.copy = self._cm.__enter__()
-            self.copy.set_types(w.types)
+            # JSON's binary form is its text and JSONB's a version byte and the text; the
+            # converters produce exactly those bytes, so psycopg's C bytes dumper sends them.
+            self.copy.set_types(["bytea" if t in ("json", "jsonb") else t for t in w.types])
         except psycopg.Error as err:
             raise _store_error(err, self.table) from None
         self.write = self._write

@@ -197,3 +197,19 @@ def test_deeply_nested_and_large_documents_are_stored(session: Runtime, pg_datab
     with psycopg.connect(pg_database.dsn) as conn:
         (length,) = conn.execute("SELECT length(label) FROM typed WHERE id = 21").fetchone() or (0,)
     assert length == 5_000_000
+
+
+def test_eof_right_after_an_acknowledge_is_a_clean_shutdown(session: Runtime, pg_database: Any) -> None:
+    # Flow's runtime ends a session by closing stdin once a transaction is acknowledged.
+    c = session.connector
+    assert isinstance(c, ProcessConnector) and c.proc is not None and c.proc.stdin is not None
+    c.acknowledge()
+    c.proc.stdin.close()
+    assert c.proc.wait(timeout=30) == 0, c.stderr_tail()
+    c.proc = None
+    assert committed(pg_database) == [(1, "good")]
+
+
+def test_eof_after_a_load_is_in_the_middle_of_a_transaction(session: Runtime, pg_database: Any) -> None:
+    msg = fail_with(session, [b'{"load":{"keyPacked":"FQI="}}'])
+    assert "in the middle of a transaction" in msg and "load or flush" in msg

@@ -30,9 +30,12 @@ from .messages import (
 
 log = logging.getLogger(__name__)
 
-_ACK, _LOAD, _STORE = "acknowledge", "load", "store"
+# _READY: acknowledged, and nothing of the next transaction read yet. Like _ACK it is a
+# transaction boundary: the runtime shuts a session down by closing stdin after an acknowledge.
+_ACK, _READY, _LOAD, _STORE = "acknowledge", "ready", "load", "store"
 _EXPECTED = {
     _ACK: "acknowledge",
+    _READY: "load or flush",
     _LOAD: "load or flush",
     _STORE: "store or startCommit",
 }
@@ -109,7 +112,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
                 state = _transaction_step(session, state, kind, req, output, line_no, txn_stats)
             except (psycopg.OperationalError, ConnectionLost) as err:
                 raise _lost(kind, line_no, err) from None
-        if session is not None and state != _ACK:
+        if session is not None and state not in (_ACK, _READY):
             raise ProtocolError(
                 f"input ended after line {line_no} in the middle of a transaction (waiting for "
                 f"{_EXPECTED[state]}); nothing of that transaction was committed"
@@ -159,12 +162,12 @@ def _transaction_step(
     if state == _ACK and kind == "acknowledge":
         output.send(Response(acknowledged=Acknowledged()))
         stats.begin()
-        return _LOAD
-    if state == _LOAD and kind == "load":
+        return _READY
+    if state in (_READY, _LOAD) and kind == "load":
         t.load(req.load)
         stats.load(req.load.binding)
         return _LOAD
-    if state == _LOAD and kind == "flush":
+    if state in (_READY, _LOAD) and kind == "flush":
         stats.flushed(t.flush(output.loaded))
         output.send(Response(flushed=Flushed()))
         return _STORE
