@@ -115,7 +115,9 @@ class RowCodec:
 
     def row(self, doc: bytes) -> list[Any] | None:
         """The row read from a document's JSON text, or None to leave it to the general path."""
-        if b"\\u0000" in doc:  # text columns drop NUL characters: the general path does that
+        # Text columns drop NUL characters: the general path does that. (`find`, not `in`: bytes
+        # `in` first tries the needle as an integer, and raises and clears an error every call.)
+        if doc.find(b"\\u0000") != -1:
             return None
         try:
             row = list(self._get(self._decode(doc)))

@@ -57,7 +57,7 @@ class Output:
     def loaded(self, binding: int, doc: bytes) -> None:
         # The hot path of loads: write the line directly rather than building a Struct. A JSON
         # column keeps the text it was given; one with line breaks is re-encoded to stay one line.
-        if b"\n" in doc:
+        if doc.find(b"\n") != -1:  # not `in`: that first tries the needle as an int, raising per call
             doc = msgspec.json.encode(msgspec.json.decode(doc))
         if binding:
             self.out.write(b'{"loaded":{"binding":%d,"doc":%s}}\n' % (binding, doc))
