@@ -1,8 +1,9 @@
 """The benchmark: `bench/run [options]` (or `python -m bench`). Not part of the test suite.
 
 Every workload runs through the connector and through the hand-made baselines in the same run,
-on the same rows and the same table (created by the connector's own Apply), and the report gives
-the connector's throughput as ratios of theirs. See bench/README.md.
+on the same rows and the same table (created by the connector's own Apply), then through the peer
+loaders (dlt, target-postgres: bench/peers.py) on the same documents, each into its own schema; the
+report gives the connector's throughput as ratios of theirs. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import msgspec
 import psycopg
 import yaml
 
-from bench import driver, workloads
+from bench import driver, peers, workloads
 from bench.workloads import Workload
 from materialize_postgres.protocol.messages import MaterializationSpec
 from materialize_postgres.runner.catalog import load_catalog
@@ -52,6 +53,7 @@ class Result:
     docs: int
     doc_bytes: int
     runs: dict[str, list[driver.Phase]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # method -> why it has no (valid) figure
 
     def best(self, method: str) -> driver.Phase | None:
         runs = self.runs.get(method)
@@ -71,11 +73,13 @@ def main() -> None:
         for path in sorted(SCENARIOS.glob("*.yaml")):
             if args.scenarios == ["all"] or path.stem in args.scenarios:
                 chosen.append(workloads.scenario(path, int(args.scenario_mb * (1 << 20))))
+    # Installed up front (once, untimed); a peer that cannot be installed is reported, not fatal.
+    peer_errors = peers.install(args.peers)
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="mp-bench-", dir=args.tmp) as tmp:
         for n, wl in enumerate(chosen):
             print(f"== {wl.name}", flush=True)
-            results += run_workload(wl, f"bench_{n}", target, Path(tmp), args.repeat)
+            results += run_workload(wl, f"bench_{n}", target, Path(tmp), args.repeat, args.peers, peer_errors)
         memory = [memory_run(name, target, Path(tmp)) for name in args.memory]
     write_report(results, memory, target, args)
 
@@ -88,6 +92,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--scenario-mb", type=float, default=128, help="scale scenarios so a transaction is at most this")
     p.add_argument("--memory", type=_names, default=[], help="of rows-10m,gb-5: connector-only RSS runs")
     p.add_argument("--repeat", type=int, default=1, help="runs per method; the best is reported")
+    p.add_argument("--peers", type=_names, default=list(peers.PEERS), help=f"of {','.join(peers.PEERS)}, or 'none'")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5432)
     p.add_argument("--user", default="postgres")
@@ -97,6 +102,11 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if args.scenarios == ["none"]:
         args.scenarios = []
+    if args.peers == ["none"]:
+        args.peers = []
+    unknown = set(args.peers) - set(peers.PEERS)
+    if unknown:
+        p.error(f"unknown peers: {', '.join(sorted(unknown))} (known: {', '.join(peers.PEERS)})")
     return args
 
 
@@ -137,7 +147,15 @@ def catalog_spec(wl: Workload, table: str, target: Target, tmp: Path) -> Materia
     return load_catalog(path).to_spec()
 
 
-def run_workload(wl: Workload, table: str, target: Target, tmp: Path, repeat: int) -> list[Result]:
+def run_workload(
+    wl: Workload,
+    table: str,
+    target: Target,
+    tmp: Path,
+    repeat: int,
+    peer_names: list[str],
+    peer_errors: dict[str, str],
+) -> list[Result]:
     spec = catalog_spec(wl, table, target, tmp)
     sel = spec.bindings[0].field_selection
     files, results = write_inputs(wl, table, sel.values, tmp)
@@ -156,11 +174,42 @@ def run_workload(wl: Workload, table: str, target: Target, tmp: Path, repeat: in
                 checkpoint(target)
                 r.runs.setdefault(name, []).append(driver.run_baseline(name, target.dsn, table, columns, t.stores))
             report(results, method)
+        for name in peer_names:
+            if name in peer_errors:
+                for r in results:
+                    r.errors[name] = peer_errors[name]
+            else:
+                run_peer_phases(name, wl, table, files, results, target, tmp)
+            report(results, name)
     for t in files:
         for path in (t.stores, t.loads):
             if path:
                 path.unlink()
     return results
+
+
+def run_peer_phases(
+    name: str, wl: Workload, table: str, files: list[driver.TxnFiles], results: list[Result], target: Target, tmp: Path
+) -> None:
+    """The workload's transactions in order through one peer, from an empty schema; each phase's
+    row counts checked against the transactions so far. A failure ends the peer's run here and is
+    recorded against this phase and the ones after it (they would merge into a wrong table)."""
+    for i, (r, t) in enumerate(zip(results, files, strict=True)):
+        assert t.stores is not None
+        try:
+            if i == 0:
+                peers.reset(name, target, tmp)
+            checkpoint(target)
+            phase = peers.run_peer(name, target, table, t.stores, i, wl.schema, tmp)
+            ok, text = peers.check_rows(name, target, table, wl.txns[: i + 1])
+        except Exception as e:  # whatever a peer does wrong is reported, never fatal to the benchmark
+            for later in results[i:]:
+                later.errors[name] = f"{type(e).__name__}: {e}"
+            return
+        r.runs.setdefault(name, []).append(phase)
+        print(f"   {r.phase:<7} {name:<10} check: {text}", flush=True)
+        if not ok:
+            r.errors[name] = f"row check: {text}"
 
 
 def write_inputs(wl: Workload, table: str, values: list[str], tmp: Path) -> tuple[list[driver.TxnFiles], list[Result]]:
@@ -197,12 +246,10 @@ def checkpoint(target: Target) -> None:
 
 
 def column_types(target: Target, table: str, fields: list[str]) -> list[dict[str, Any]]:
+    # The connector's schema only: the peers' schemas hold tables of the same name.
+    query = "SELECT column_name, udt_name FROM information_schema.columns WHERE table_name = %s"
     with psycopg.connect(target.dsn) as conn:
-        rows = dict(
-            conn.execute(
-                "SELECT column_name, udt_name FROM information_schema.columns WHERE table_name = %s", [table]
-            ).fetchall()
-        )
+        rows = dict(conn.execute(query + " AND table_schema = current_schema()", [table]).fetchall())
     return [{"name": f, "type": PG_TYPES[rows[f]], "key": i == 0} for i, f in enumerate(fields)]
 
 
@@ -216,6 +263,8 @@ def report(results: list[Result], method: str) -> None:
                 f"{r.doc_bytes / p.seconds / 1e6:>7.1f} MB/s  peak RSS {p.peak_rss_kb / 1024:.0f} MiB",
                 flush=True,
             )
+        if method in r.errors:
+            print(f"   {r.phase:<7} {method:<10} FAILED: {r.errors[method][-500:]}", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,39 +300,8 @@ def memory_run(name: str, target: Target, tmp: Path) -> tuple[str, int, int, dri
 def write_report(
     results: list[Result], memory: list[tuple[str, int, int, driver.Phase]], target: Target, args: Any
 ) -> None:
-    lines = [
-        "# Benchmark results",
-        "",
-        f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC with `bench/run {' '.join(sys.argv[1:])}`.",
-        "",
-        *machine(target),
-        "",
-        "Throughput is documents (and document JSON bytes) per second of one transaction, from its first",
-        "request to `startedCommit` for the connector (a separate process fed the protocol on stdin), from",
-        "the first row to the commit for a baseline (its own process, already connected). Best of",
-        f"{args.repeat} run(s) each. Peak RSS is the whole process's high-water mark (VmHWM).",
-        "",
-        "| workload | txn | kind | docs | MB | connector docs/s | MB/s | RSS MiB | copy | stage | rows "
-        "| vs best | vs rows | target |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in results:
-        lines.append(row(r))
-    lines += [""]
-    if memory:
-        lines += ["## Memory: one large transaction through the connector", ""]
-        lines += [
-            "| run | docs | doc size | seconds | docs/s | MB/s | peak RSS MiB |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for name, docs, size, p in memory:
-            lines.append(
-                f"| {name} | {docs:,} | {size:,} | {p.seconds:.0f} | {docs / p.seconds:,.0f} "
-                f"| {docs * size / p.seconds / 1e6:.1f} | {p.peak_rss_kb / 1024:.0f} |"
-            )
-        lines += [""]
-    args.out.write_text("\n".join(lines) + "\n")
-    (args.out.with_suffix(".json")).write_bytes(
+    data = args.out.with_suffix(".json")
+    data.write_bytes(
         msgspec.json.format(
             msgspec.json.encode(
                 [{**r.__dict__, "runs": {k: [p.__dict__ for p in v] for k, v in r.runs.items()}} for r in results]
@@ -291,10 +309,47 @@ def write_report(
             indent=2,
         )
     )
-    print(f"wrote {args.out}")
+    # Named after the report, lower case: bench/RESULTS.md links bench/results.png.
+    chart = args.out.with_name(args.out.stem.lower() + ".png")
+    chart_error = draw_chart(data, chart)
+    names: list[str] = args.peers
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC with `bench/run {' '.join(sys.argv[1:])}`.",
+        "",
+        *machine(target, names),
+        "",
+        "Throughput is documents (and document JSON bytes) per second of one transaction, from its first",
+        "request to `startedCommit` for the connector (a separate process fed the protocol on stdin), from",
+        "the first row to the commit for a baseline (its own process, already connected). Best of",
+        f"{args.repeat} run(s) each. Peak RSS is the whole process's high-water mark (VmHWM).",
+    ]
+    if names:
+        lines += [
+            f"Peers ({', '.join(names)}; see Peers below) load the same documents into their own schemas, timed",
+            "from their start (imports done, not yet connected) to the end of their load; `vs <peer>` is the",
+            "connector's docs/s over the peer's.",
+        ]
+    lines += ["", *results_table(results, names), ""]
+    lines += [f"![docs/s per workload phase]({chart.name})" if chart_error is None else f"No chart: {chart_error}", ""]
+    if names:
+        lines += peers_section(results, names)
+    if memory:
+        lines += memory_section(memory)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}" + ("" if chart_error else f" and {chart}"))
 
 
-def row(r: Result) -> str:
+def results_table(results: list[Result], names: list[str]) -> list[str]:
+    head = "| workload | txn | kind | docs | MB | connector docs/s | MB/s | RSS MiB | copy | stage | rows "
+    head += "| vs best | vs rows "
+    head += "".join(f"| {n} | vs {n} " for n in names)
+    align = "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:" + "|---:|---:" * len(names)
+    return [head + "| target |", align + "|---|", *(row(r, names) for r in results)]
+
+
+def row(r: Result, names: list[str]) -> str:
     conn = r.best("connector")
     assert conn is not None
     batch = "copy" if r.kind == "insert" else "stage"
@@ -305,14 +360,78 @@ def row(r: Result) -> str:
     small = r.doc_bytes / r.docs < 4096
     ok = vs_best >= need and (not small or vs_rows >= 3) and conn.peak_rss_kb < 250 * 1024
     cells = [f"{r.rate(m):,.0f}" if r.best(m) else "" for m in ("copy", "stage", "rows")]
+    cells += [f"{vs_best:.2f}x", f"{vs_rows:.2f}x", *(c for n in names for c in peer_cells(r, n))]
     return (
         f"| {r.workload} | {r.phase} | {r.kind} | {r.docs:,} | {r.doc_bytes / 1e6:,.0f} "
         f"| {r.rate('connector'):,.0f} | {r.doc_bytes / conn.seconds / 1e6:.1f} | {conn.peak_rss_kb / 1024:.0f} "
-        f"| {' | '.join(cells)} | {vs_best:.2f}x | {vs_rows:.2f}x | {'met' if ok else 'MISSED'} |"
+        f"| {' | '.join(cells)} | {'met' if ok else 'MISSED'} |"
     )
 
 
-def machine(target: Target) -> list[str]:
+def peer_cells(r: Result, name: str) -> tuple[str, str]:
+    """The peer's docs/s and the connector's ratio to it; a failed run or row check shows as such."""
+    if name in r.errors:
+        return ("failed", "")
+    if not r.best(name):
+        return ("", "")
+    return (f"{r.rate(name):,.0f}", f"{r.rate('connector') / r.rate(name):.2f}x")
+
+
+def peers_section(results: list[Result], names: list[str]) -> list[str]:
+    lines = [
+        "## Peers",
+        "",
+        "Each peer runs from its own virtualenv (bench/.venvs/<name>), on the documents of the same store lines,",
+        "into its own schema, dropped before each workload (bench/README.md has the details):",
+        "",
+        '- dlt: postgres destination, `write_disposition="merge"`, `primary_key="id"` (its default delete-insert',
+        '  merge through a staging schema), `loader_file_format="csv"`, `_meta` flattened by dlt; tombstones',
+        "  hard-deleted (`hard_delete` column hint); `_seq`, a document's position in its transaction, hinted",
+        "  `dedup_sort` so the last document of a key wins.",
+        "- target-postgres: Singer SCHEMA/RECORD messages on stdin, `key_properties: [id]`, `load_method: upsert`,",
+        "  `use_copy: true`; tombstones soft-deleted (`_sdc_deleted_at` set), as Singer targets do.",
+        "",
+        "| workload | txn | connector RSS MiB | " + " | ".join(f"{n} RSS MiB" for n in names) + " |",
+        "|---|---|---:|" + "---:|" * len(names),
+    ]
+    for r in results:
+        rss = [f"{p.peak_rss_kb / 1024:.0f}" if (p := r.best(n)) else "" for n in ["connector", *names]]
+        lines.append(f"| {r.workload} | {r.phase} | {' | '.join(rss)} |")
+    errors = [f"- {r.workload}, {r.phase}, {n}: {r.errors[n][-1000:]}" for r in results for n in names if n in r.errors]
+    errors = [e.replace("\n", " / ") for e in errors]  # one list item each, whatever the error text holds
+    if errors:
+        lines += ["", "Peer failures:", "", *errors]
+    return [*lines, ""]
+
+
+def memory_section(memory: list[tuple[str, int, int, driver.Phase]]) -> list[str]:
+    lines = ["## Memory: one large transaction through the connector", ""]
+    lines += [
+        "| run | docs | doc size | seconds | docs/s | MB/s | peak RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, docs, size, p in memory:
+        lines.append(
+            f"| {name} | {docs:,} | {size:,} | {p.seconds:.0f} | {docs / p.seconds:,.0f} "
+            f"| {docs * size / p.seconds / 1e6:.1f} | {p.peak_rss_kb / 1024:.0f} |"
+        )
+    return [*lines, ""]
+
+
+def draw_chart(data: Path, png: Path) -> str | None:
+    """bench/plot.py, with matplotlib from its own virtualenv (never a project dependency); the
+    reason on failure, for the report."""
+    try:
+        python = peers.ensure_venv("plot", peers.PLOT_REQUIREMENTS)
+        out = subprocess.run(
+            [str(python), "-I", str(HERE / "plot.py"), str(data), str(png)], capture_output=True, text=True
+        )
+    except (peers.PeerError, OSError) as e:
+        return str(e)
+    return None if out.returncode == 0 else f"plot.py failed: {out.stderr.strip()[-1000:]}"
+
+
+def machine(target: Target, peer_names: list[str]) -> list[str]:
     cpu = next(
         (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln),
         platform.processor(),
@@ -330,6 +449,7 @@ def machine(target: Target) -> list[str]:
         f"- Machine: {cpu}, {os.cpu_count()} CPUs, {int(mem) / 1048576:.0f} GiB RAM; {platform.platform()}",
         f"- PostgreSQL {version} at {target.host}:{target.port} (same machine, loopback, default settings)",
         f"- Python {platform.python_version()}; " + ", ".join(p for p in pkgs if p.lower().startswith(wanted)),
+        *(f"- Peer {line}" for line in peers.versions(peer_names)),
         "- Targets: inserts >= 0.8x the better of copy and rows; merges >= 0.9x the better of stage and rows;",
         "  documents under 4 KiB >= 3x rows; connector peak RSS < 250 MiB.",
     ]
