@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 import psycopg
 from psycopg import errors as pgerr
-from psycopg.types.string import ByteaBinaryLoader
+from psycopg.types.string import ByteaBinaryLoader, BytesBinaryDumper
 
 from . import pgtypes, rowcodec
 from .checkpoint import json_to_stored, stored_to_json
@@ -503,11 +503,14 @@ class CopyStream:
     def __init__(self, conn: psycopg.Connection, b: BindingState, kind: str, ident: str, w: Writer):
         self.binding, self.kind, self.table = b, kind, b.table
         cur = conn.cursor()
+        # JSON's binary form is its text and JSONB's a version byte and the text; the converters
+        # produce exactly those bytes, so the columns are declared bytea to the COPY and sent by
+        # psycopg's C bytes dumper (registered here: by OID psycopg would pick its DB-API one,
+        # which is Python).
+        cur.adapters.register_dumper(bytes, BytesBinaryDumper)
         self._cm = cur.copy(dml.copy_into(ident, w.columns))
         try:
             self.copy = self._cm.__enter__()
-            # JSON's binary form is its text and JSONB's a version byte and the text; the
-            # converters produce exactly those bytes, so psycopg's C bytes dumper sends them.
             self.copy.set_types(["bytea" if t in ("json", "jsonb") else t for t in w.types])
         except psycopg.Error as err:
             raise _store_error(err, self.table) from None
