@@ -39,7 +39,8 @@ def connector() -> None:
 
     setup("json")
     try:
-        serve(_stdin(), sys.stdout.buffer)
+        with _stdout() as out:
+            serve(_stdin(), out)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except Exception as err:  # the last log line is the error the user reads in Flow
@@ -52,6 +53,14 @@ def _stdin() -> BinaryIO:
     the hot path fewer system calls. (Widening the pipe itself with F_SETPIPE_SZ is left alone: it
     counts against the user's pipe quota, and past it every new pipe shrinks to one page.)"""
     return open(sys.stdin.fileno(), "rb", buffering=1 << 20, closefd=False)
+
+
+def _stdout() -> BinaryIO:
+    """stdout with a buffer of its own, whatever PYTHONUNBUFFERED says (container images often
+    set it, and it makes sys.stdout.buffer unbuffered): thousands of `loaded` lines then go out in
+    a few writes instead of one system call each. Responses the runtime waits for are flushed."""
+    sys.stdout.flush()
+    return open(sys.stdout.fileno(), "wb", buffering=1 << 16, closefd=False)
 
 
 def _user_message(err: BaseException) -> str:
