@@ -37,8 +37,8 @@ _NATIVE: dict[Callable[[Any], Any], Any] = {
     typemap._as_date: dt.date,
 }
 
-_UUID_EPOCH = 0x01B21DD213814000  # 1582-10-15 in 100 ns ticks before the Unix epoch
-_UNIX = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# 100 ns ticks from the UUID epoch (1582-10-15) to the Unix epoch, then on to PostgreSQL's (2000-01-01).
+_UUID_TO_PG_EPOCH = 0x01B21DD213814000 + 946_684_800 * 10_000_000
 _NULL = msgspec.Raw(b"null")
 
 
@@ -68,27 +68,19 @@ class _LoadLine(msgspec.Struct):
 decode_load_line = msgspec.json.Decoder(_LoadLine).decode
 
 
-def published_at(text: str) -> dt.datetime:
-    """The publication time in a Flow document UUID (v1), rounded to microseconds as PostgreSQL
-    rounds the runtime's 100 ns timestamp."""
+def published_micros(text: str) -> int:
+    """The publication time in a Flow document UUID (v1) as PostgreSQL's timestamptz microseconds,
+    rounded as PostgreSQL rounds the runtime's 100 ns timestamp."""
     if len(text) != 36 or text[14] != "1":
         raise ValueError("not a v1 UUID")
-    micros, rest = divmod(int(text[15:18] + text[9:13] + text[0:8], 16) - _UUID_EPOCH, 10)
+    micros, rest = divmod(int(text[15:18] + text[9:13] + text[0:8], 16) - _UUID_TO_PG_EPOCH, 10)
     if rest > 5 or (rest == 5 and micros & 1):
         micros += 1
-    # Building a datetime from its fields is several times cheaper than adding a timedelta, and
-    # a transaction's documents share few distinct seconds.
-    seconds, us = divmod(micros, 1_000_000)
-    f = _SECONDS.get(seconds)
-    if f is None:
-        if len(_SECONDS) >= 4096:
-            _SECONDS.clear()
-        t = _UNIX + dt.timedelta(seconds=seconds)
-        f = _SECONDS[seconds] = (t.year, t.month, t.day, t.hour, t.minute, t.second)
-    return dt.datetime(f[0], f[1], f[2], f[3], f[4], f[5], us, dt.UTC)
+    return micros
 
 
-_SECONDS: dict[int, tuple[int, int, int, int, int, int]] = {}
+def published_at(text: str) -> dt.datetime:
+    return typemap.from_pg_micros(published_micros(text))
 
 
 @dataclass
@@ -126,7 +118,7 @@ class RowCodec:
                 if v is None:
                     continue
                 if kind == "published":
-                    row[i] = published_at(v)
+                    row[i] = published_micros(v)
                 elif kind == "json":
                     row[i] = None if v == _NULL else v
                 else:
@@ -176,8 +168,8 @@ def _slot(i: int, c: Column, convert: Callable[[Any], Any], uuid_ptr: str) -> _S
         except (ValueError, TypeError, msgspec.MsgspecError):
             return None
     if ptr == uuid_ptr:
-        if convert is not typemap._as_timestamp:
-            return None
+        if convert is not typemap._as_timestamp_micros:
+            return None  # the transactor writes the publication time as int8 microseconds
         if c.not_null:
             return _Slot(i, path, "published", str, msgspec.NODEFAULT)
         return _Slot(i, path, "published", str | None, None)

@@ -24,7 +24,7 @@ import psycopg
 from psycopg import errors as pgerr
 from psycopg.types.string import ByteaBinaryLoader, BytesBinaryDumper
 
-from . import pgtypes, rowcodec
+from . import pgtypes, rowcodec, typemap
 from .checkpoint import json_to_stored, stored_to_json
 from .config import EndpointConfig
 from .connect import Target, connect
@@ -91,11 +91,15 @@ class BindingState:
     temps_created: set[str] = field(default_factory=set)
 
 
-def _writer(columns: list[Column], existing: dict[str, str]) -> Writer:
+def _writer(columns: list[Column], existing: dict[str, str], uuid_ptr: str = "") -> Writer:
     types: list[str] = []
     convs: list[Converter] = []
     for c in columns:
         copy_type, conv = writer_for(c.type, existing.get(c.field))
+        if c.projection.ptr == uuid_ptr and not c.is_key and conv is typemap._as_timestamp:
+            # flow_published_at: every row has one, so it goes out as PostgreSQL's microseconds
+            # (int8 on the wire, the same bytes as a timestamptz) instead of a datetime per row.
+            copy_type, conv = "int8", typemap._as_timestamp_micros
         types.append(copy_type)
         convs.append(conv)
     return Writer(columns, types, convs)
@@ -142,7 +146,7 @@ class Transactor:
                     f"table {'.'.join(t.path)} has no column for field(s) {', '.join(missing)}: run Apply first"
                 )
             uuid_ptr = self.spec.bindings[t.binding].collection.uuid_ptr
-            rows = _writer(t.columns, types)
+            rows = _writer(t.columns, types, uuid_ptr)
             out.append(
                 BindingState(
                     t,
@@ -411,10 +415,15 @@ class Transactor:
         stmt = dml.row_update(t)
         nk = len(t.keys)
         if stmt is not None:
+            # Parameters carry their real types: the publication time back to a datetime.
+            types = [
+                "timestamptz" if ty == "int8" and c.type.copy_type == "timestamptz" else ty
+                for c, ty in zip(w.columns, w.types, strict=True)
+            ]
             params = [
                 [
-                    pgtypes.wrap(ty, v)
-                    for ty, v in zip([*w.types[nk:], *w.types[:nk]], [*row[nk:], *row[:nk]], strict=True)
+                    pgtypes.wrap(ty, typemap.from_pg_micros(v) if ty == "timestamptz" and type(v) is int else v)
+                    for ty, v in zip([*types[nk:], *types[:nk]], [*row[nk:], *row[:nk]], strict=True)
                 ]
                 for row in b.row_updates
             ]

@@ -271,6 +271,25 @@ def _as_timestamp(v: Any) -> dt.datetime:
     return ts + dt.timedelta(microseconds=micros)
 
 
+# PostgreSQL's binary timestamptz is a big-endian int64 of microseconds since 2000-01-01 UTC, the
+# same bytes as an int8: a column written as such skips building a datetime per row.
+PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
+def pg_micros(ts: dt.datetime) -> int:
+    return (ts - PG_EPOCH) // _MICROSECOND
+
+
+def from_pg_micros(micros: int) -> dt.datetime:
+    return PG_EPOCH + dt.timedelta(microseconds=micros)
+
+
+def _as_timestamp_micros(v: Any) -> int:
+    """A date-time as PostgreSQL's microseconds, for timestamptz columns COPY'd as int8."""
+    return pg_micros(_as_timestamp(v))
+
+
 def _as_time(v: Any) -> dt.time:
     s = _as_text(v).translate(_TS_FIX)
     whole, micros = _split_fraction(s)

@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from materialize_postgres.rowcodec import published_at
 from materialize_postgres.runner.runtime import ProcessConnector, Runtime, new_uuid
 from tests.specs import binding, materialization, simple_collection
 
@@ -169,13 +170,15 @@ def test_large_documents_merge_by_per_row_updates(pg_database: Any) -> None:
     rt.open()
     big = "x" * 300_000
     rt.transaction([("acme/things", doc(i, f"big-{i}", blob=big, tags={"n": i})) for i in range(4)], ckpt(1))
-    rt.transaction(
-        [("acme/things", doc(i, f"bigger-{i}", blob=big + "y", tags={"n": -i})) for i in range(2, 6)], ckpt(2)
-    )
+    bigger = [doc(i, f"bigger-{i}", blob=big + "y", tags={"n": -i}) for i in range(2, 6)]
+    rt.transaction([("acme/things", d) for d in bigger], ckpt(2))
     rt.close()
     rows = table(pg_database, "SELECT id, name, tags, length(flow_document::text) FROM things ORDER BY id")
     assert [r[1] for r in rows] == ["big-0", "big-1", "bigger-2", "bigger-3", "bigger-4", "bigger-5"]
     assert rows[3][2] == {"n": -3} and rows[3][3] > 300_000
+    # Updated and inserted rows alike carry the publication time of their document's UUID.
+    published = table(pg_database, "SELECT flow_published_at FROM things WHERE id >= 2 ORDER BY id")
+    assert [p for (p,) in published] == [published_at(d["_meta"]["uuid"]) for d in bigger]
 
 
 def test_no_flow_document_rebuilds_loaded_documents_from_columns(pg_database: Any) -> None:

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from materialize_postgres.config import parse_endpoint
 from materialize_postgres.protocol.tuples import unpack
-from materialize_postgres.rowcodec import codec_for, published_at
+from materialize_postgres.rowcodec import codec_for, published_at, published_micros
 from materialize_postgres.runner.runtime import _plan, encode_doc, extract, pack, uuid_time
 from materialize_postgres.tables import build_table
-from materialize_postgres.typemap import ValueError_, _as_timestamp, writer_for
+from materialize_postgres.typemap import ValueError_, _as_timestamp, _as_timestamp_micros, writer_for
 from tests.specs import binding, materialization, projection
 
 ENDPOINT = {"address": "localhost:5432", "user": "u", "password": "p", "database": "d"}
@@ -46,6 +46,11 @@ SPEC = materialization(ENDPOINT, binding("t", collection()))
 CFG = parse_endpoint(msgspec.json.decode(SPEC.config))
 TABLE = build_table(0, SPEC.bindings[0], CFG, SPEC.name)
 WRITERS = [writer_for(c.type, None) for c in TABLE.columns]
+# As the transactor writes it: the publication time as PostgreSQL's microseconds.
+WRITERS = [
+    ("int8", _as_timestamp_micros) if c.field == "flow_published_at" else w
+    for c, w in zip(TABLE.columns, WRITERS, strict=True)
+]
 CODEC = codec_for(TABLE, [conv for _, conv in WRITERS], "/_meta/uuid")
 PLANS = _plan(SPEC.bindings[0], [c.field for c in [*TABLE.keys, *TABLE.values]])
 
@@ -158,10 +163,15 @@ def test_bindings_with_array_pointers_or_no_document_have_no_codec() -> None:
     spec = materialization(ENDPOINT, binding("t", arr), binding("u", collection(), document=False))
     for i, b in enumerate(spec.bindings):
         table = build_table(i, b, CFG, spec.name)
-        assert codec_for(table, [writer_for(c.type, None)[1] for c in table.columns], "/_meta/uuid") is None
+        convs = [
+            _as_timestamp_micros if c.field == "flow_published_at" else writer_for(c.type, None)[1]
+            for c in table.columns
+        ]
+        assert codec_for(table, convs, "/_meta/uuid") is None
 
 
 @given(st.integers(0, 2**60 - 1))
 def test_publication_times_match_the_runtime_s_timestamp(ticks: int) -> None:
     u = flow_uuid(ticks)
     assert published_at(u) == _as_timestamp(uuid_time(u))
+    assert published_micros(u) == _as_timestamp_micros(uuid_time(u))
