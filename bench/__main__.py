@@ -4,6 +4,10 @@ Every workload runs through the connector and through the hand-made baselines in
 on the same rows and the same table (created by the connector's own Apply), then through the peer
 loaders (dlt, target-postgres: bench/peers.py) on the same documents, each into its own schema; the
 report gives the connector's throughput as ratios of theirs. See bench/README.md.
+
+Options add: the CPU split between the connector and the server per phase (`--cpu`, on by default),
+loads and a merge against a big table (`--big-table N`, bench/bigtable.py) and the runner's shard
+scale-out (`--shards 1,2,4`, bench/shards.py).
 """
 
 from __future__ import annotations
@@ -21,28 +25,13 @@ from typing import Any
 
 import msgspec
 import psycopg
-import yaml
 
-from bench import driver, peers, workloads
+from bench import bigtable, driver, peers, shards, workloads
+from bench.target import Target, catalog_spec, checkpoint, column_types, ensure_database, reset
 from bench.workloads import Workload
-from materialize_postgres.protocol.messages import MaterializationSpec
-from materialize_postgres.runner.catalog import load_catalog
 
 HERE = Path(__file__).parent
 SCENARIOS = Path(os.environ.get("BENCH_SCENARIOS", HERE.parent.parent / "shared" / "bench" / "scenarios"))
-PG_TYPES = {"int8": "bigint", "text": "text", "timestamptz": "timestamptz", "json": "json", "jsonb": "jsonb"}
-
-
-@dataclass
-class Target:
-    host: str
-    port: int
-    user: str
-    database: str
-
-    @property
-    def dsn(self) -> str:
-        return f"host={self.host} port={self.port} user={self.user} dbname={self.database}"
 
 
 @dataclass
@@ -76,12 +65,32 @@ def main() -> None:
     # Installed up front (once, untimed); a peer that cannot be installed is reported, not fatal.
     peer_errors = peers.install(args.peers)
     results: list[Result] = []
+    extras = Extras()
     with tempfile.TemporaryDirectory(prefix="mp-bench-", dir=args.tmp) as tmp:
         for n, wl in enumerate(chosen):
             print(f"== {wl.name}", flush=True)
-            results += run_workload(wl, f"bench_{n}", target, Path(tmp), args.repeat, args.peers, peer_errors)
+            results += run_workload(wl, f"bench_{n}", target, Path(tmp), args.repeat, args.peers, peer_errors, args.cpu)
         memory = [memory_run(name, target, Path(tmp)) for name in args.memory]
-    write_report(results, memory, target, args)
+        run_extras(extras, target, Path(tmp), args)
+    write_report(results, memory, target, args, extras)
+
+
+@dataclass
+class Extras:
+    """The optional runs' figures, for the report."""
+
+    big: bigtable.BigResult | None = None
+    shards: list[shards.ShardRun] = field(default_factory=list)
+
+
+def run_extras(extras: Extras, target: Target, tmp: Path, args: argparse.Namespace) -> None:
+    if args.big_table:
+        extras.big = bigtable.run(args.big_table, args.big_keys, target, tmp, args.repeat, args.drop_big_table)
+    elif args.drop_big_table:
+        bigtable.drop(target)
+    if args.shards:
+        docs = args.shards_docs or int(1_000_000 * args.scale)
+        extras.shards = shards.run(args.shards, docs, args.shards_txn_size, target, tmp)
 
 
 def parse_args() -> argparse.Namespace:
@@ -92,6 +101,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--scenario-mb", type=float, default=128, help="scale scenarios so a transaction is at most this")
     p.add_argument("--memory", type=_names, default=[], help="of rows-10m,gb-5: connector-only RSS runs")
     p.add_argument("--repeat", type=int, default=1, help="runs per method; the best is reported")
+    p.add_argument(
+        "--cpu",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CPU seconds per GB of the connector and of the server, per phase (reads /proc; on by default)",
+    )
+    p.add_argument("--big-table", type=int, default=0, metavar="ROWS", help="loads and a merge against ROWS rows")
+    p.add_argument("--big-keys", type=int, default=100_000, help="keys per --big-table load or merge transaction")
+    p.add_argument("--drop-big-table", action="store_true", help="drop the --big-table table at the end")
+    p.add_argument("--shards", type=_counts, default=[], help="runner shard counts to compare, e.g. 1,2,4")
+    p.add_argument("--shards-docs", type=int, default=0, help="documents for --shards (default 1M x --scale)")
+    p.add_argument("--shards-txn-size", type=int, default=100_000, help="--txn-size of the --shards runs")
     p.add_argument("--peers", type=_names, default=list(peers.PEERS), help=f"of {','.join(peers.PEERS)}, or 'none'")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5432)
@@ -114,37 +135,12 @@ def _names(text: str) -> list[str]:
     return [n for n in text.split(",") if n]
 
 
-def ensure_database(target: Target) -> None:
-    admin = Target(target.host, target.port, target.user, "postgres")
-    with psycopg.connect(admin.dsn, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [target.database]).fetchone():
-            conn.execute(f'CREATE DATABASE "{target.database}"')
+def _counts(text: str) -> list[int]:
+    return [int(n) for n in _names(text)]
 
 
 # ---------------------------------------------------------------------------------------------
 # One workload.
-
-
-def catalog_spec(wl: Workload, table: str, target: Target, tmp: Path) -> MaterializationSpec:
-    config = {
-        "address": f"{target.host}:{target.port}",
-        "user": target.user,
-        "password": os.environ.get("PGPASSWORD", "postgres"),  # the local server trusts loopback
-        "database": target.database,
-        "hardDelete": True,
-    }
-    catalog = {
-        "collections": {wl.collection: {"schema": wl.schema, "key": ["/id"]}},
-        "materializations": {
-            f"bench/{table}": {
-                "endpoint": {"connector": {"image": "materialize-postgres", "config": config}},
-                "bindings": [{"source": wl.collection, "resource": {"table": table}}],
-            }
-        },
-    }
-    path = tmp / f"{table}.flow.yaml"
-    path.write_text(yaml.safe_dump(catalog))
-    return load_catalog(path).to_spec()
 
 
 def run_workload(
@@ -155,6 +151,7 @@ def run_workload(
     repeat: int,
     peer_names: list[str],
     peer_errors: dict[str, str],
+    cpu: bool,
 ) -> list[Result]:
     spec = catalog_spec(wl, table, target, tmp)
     sel = spec.bindings[0].field_selection
@@ -163,7 +160,8 @@ def run_workload(
     columns = column_types(target, table, [*sel.keys, *sel.values, sel.document])
     for _ in range(repeat):
         reset(spec, table, target)
-        for r, phase in zip(results, driver.run_connector(spec, files, tmp / f"{table}.log"), strict=True):
+        phases = driver.run_connector(spec, files, tmp / f"{table}.log", target.dsn if cpu else None)
+        for r, phase in zip(results, phases, strict=True):
             r.runs.setdefault("connector", []).append(phase)
         report(results, "connector")
         for method in ("best-batch", "rows"):
@@ -230,29 +228,6 @@ def write_inputs(wl: Workload, table: str, values: list[str], tmp: Path) -> tupl
     return files, results
 
 
-def reset(spec: MaterializationSpec, table: str, target: Target) -> None:
-    with psycopg.connect(target.dsn, autocommit=True) as conn:
-        conn.execute(f'DROP TABLE IF EXISTS "{table}"')
-        if conn.execute("SELECT to_regclass('flow_checkpoints_v1')").fetchone() != (None,):
-            conn.execute("DELETE FROM flow_checkpoints_v1 WHERE materialization = %s", [spec.name])
-    driver.apply(spec)
-    checkpoint(target)
-
-
-def checkpoint(target: Target) -> None:
-    """Start each measured phase with no dirty buffers left over from the one before."""
-    with psycopg.connect(target.dsn, autocommit=True) as conn:
-        conn.execute("CHECKPOINT")
-
-
-def column_types(target: Target, table: str, fields: list[str]) -> list[dict[str, Any]]:
-    # The connector's schema only: the peers' schemas hold tables of the same name.
-    query = "SELECT column_name, udt_name FROM information_schema.columns WHERE table_name = %s"
-    with psycopg.connect(target.dsn) as conn:
-        rows = dict(conn.execute(query + " AND table_schema = current_schema()", [table]).fetchall())
-    return [{"name": f, "type": PG_TYPES[rows[f]], "key": i == 0} for i, f in enumerate(fields)]
-
-
 def report(results: list[Result], method: str) -> None:
     for r in results:
         names = [n for n in r.runs if n == method or (method == "best-batch" and n in ("copy", "stage"))]
@@ -298,7 +273,11 @@ def memory_run(name: str, target: Target, tmp: Path) -> tuple[str, int, int, dri
 
 
 def write_report(
-    results: list[Result], memory: list[tuple[str, int, int, driver.Phase]], target: Target, args: Any
+    results: list[Result],
+    memory: list[tuple[str, int, int, driver.Phase]],
+    target: Target,
+    args: Any,
+    extras: Extras | None = None,
 ) -> None:
     data = args.out.with_suffix(".json")
     data.write_bytes(
@@ -335,8 +314,14 @@ def write_report(
     lines += [f"![docs/s per workload phase]({chart.name})" if chart_error is None else f"No chart: {chart_error}", ""]
     if names:
         lines += peers_section(results, names)
+    if args.cpu:
+        lines += cpu_section(results)
     if memory:
         lines += memory_section(memory)
+    if extras and extras.big:
+        lines += bigtable.section(extras.big)
+    if extras and extras.shards:
+        lines += shards.section(extras.shards, args.shards_txn_size)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}" + ("" if chart_error else f" and {chart}"))
 
@@ -402,6 +387,51 @@ def peers_section(results: list[Result], names: list[str]) -> list[str]:
     if errors:
         lines += ["", "Peer failures:", "", *errors]
     return [*lines, ""]
+
+
+def cpu_section(results: list[Result]) -> list[str]:
+    lines = [
+        "## CPU per GB: connector vs server",
+        "",
+        "CPU seconds (user + system, from /proc) per GB of document JSON, over each phase of the best run. Client:",
+        "the connector process (or the baseline's); server: the whole local PostgreSQL cluster (every backend,",
+        "background process and autovacuum worker, exited ones included), so it also counts background work the",
+        "phase did not cause; backends: only the ones serving the client's own connections. For the baselines,",
+        "`copy` for inserts and `stage` for merges, measured over their timed section. Target: the connector",
+        "below one third of the server.",
+        "",
+        "| workload | txn | GB | connector s/GB | server s/GB | backends s/GB | connector/server | target "
+        "| copy/stage s/GB | server s/GB | backends s/GB | baseline/server |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        conn = r.best("connector")
+        if conn is None or conn.cpu_s is None:
+            continue
+        gb = r.doc_bytes / 1e9
+        base = r.best("copy" if r.kind == "insert" else "stage")
+        ratio = conn.cpu_s / conn.server_cpu_s if conn.server_cpu_s else None
+        verdict = "" if ratio is None else ("met" if ratio < 1 / 3 else "MISSED")
+        lines.append(
+            f"| {r.workload} | {r.phase} | {gb:.3f} | {_per(conn.cpu_s, gb)} | {_per(conn.server_cpu_s, gb)} "
+            f"| {_per(conn.backend_cpu_s, gb)} | {_ratio(conn.cpu_s, conn.server_cpu_s)} | {verdict} "
+            f"| {' | '.join(_baseline_cpu(base, gb))} |"
+        )
+    return [*lines, ""]
+
+
+def _baseline_cpu(p: driver.Phase | None, gb: float) -> list[str]:
+    if p is None or p.cpu_s is None:
+        return ["", "", "", ""]
+    return [_per(p.cpu_s, gb), _per(p.server_cpu_s, gb), _per(p.backend_cpu_s, gb), _ratio(p.cpu_s, p.server_cpu_s)]
+
+
+def _per(seconds: float | None, gb: float) -> str:
+    return "" if seconds is None or not gb else f"{seconds / gb:,.1f}"
+
+
+def _ratio(client: float | None, server: float | None) -> str:
+    return "" if client is None or not server else f"{client / server:.2f}"
 
 
 def memory_section(memory: list[tuple[str, int, int, driver.Phase]]) -> list[str]:

@@ -10,10 +10,17 @@ the rows into the table, commits, and prints a JSON line with its peak RSS.
 - `stage`: binary COPY into a temporary table, then one INSERT ... ON CONFLICT DO UPDATE and
   one DELETE ... USING (the ceiling for merges of small documents).
 - `rows`: pipelined per-row INSERT / UPDATE / DELETE statements, the Go connector's strategy.
+- `load`: STORE_FILE holds protocol `load` lines instead: binary COPY of their keys into a
+  temporary table, one join against the table returning the document column, every row fetched
+  (the ceiling for loads, bench/bigtable.py).
+
+Besides its time, it reports the CPU seconds of its timed section: its own, the local server's and
+its backend's (bench/cpu.py), read outside the timed section.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import sys
@@ -22,11 +29,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fdb.tuple
 import msgspec
 import psycopg
 from psycopg import sql
-from psycopg.adapt import Dumper
+from psycopg.adapt import Dumper, Loader
 from psycopg.pq import Format
+
+from bench import cpu
 
 
 class Meta(msgspec.Struct):
@@ -51,6 +61,14 @@ class Store(msgspec.Struct):
 
 class Request(msgspec.Struct):
     store: Store
+
+
+class LoadKey(msgspec.Struct, rename="camel"):
+    key_packed: str
+
+
+class LoadRequest(msgspec.Struct):
+    load: LoadKey
 
 
 UNIX = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -83,6 +101,15 @@ class RawJsonDumper(Dumper):
         return bytes(obj)
 
 
+class RawJsonLoader(Loader):
+    """Documents fetched as their bytes, undecoded, as the connector hands them on."""
+
+    format = Format.BINARY  # the binary form of json is its text
+
+    def load(self, data: Any) -> bytes:
+        return bytes(data)
+
+
 def rows(path: Path, names: list[str]) -> Iterator[tuple[bool, bool, tuple[Any, ...]]]:
     decode_line = msgspec.json.Decoder(Request).decode
     decode_doc = msgspec.json.Decoder(Doc).decode
@@ -102,22 +129,74 @@ def main(method: str, dsn: str, table: str, columns_json: str, store_file: str) 
     keys = [c["name"] for c in columns if c["key"]]
     target = sql.Identifier(table)
     cols = sql.SQL(", ").join(map(sql.Identifier, names))
+    server = cpu.Server.of(dsn)
+    loaded, plan = 0, None
     with psycopg.connect(dsn) as conn:
         conn.adapters.register_dumper(RawJson, RawJsonDumper)
+        backend = conn.info.backend_pid
+        cpu_start, server_start, backend_start = _cpu(server, backend)
         # Timed like the connector's transactions: connected, from the first row to the commit.
         start = time.perf_counter()
-        data = rows(Path(store_file), names)
-        if method == "copy":
-            copy_into(conn, sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(target, cols), types, data)
-        elif method == "stage":
-            stage(conn, target, names, types, keys, data)
-        elif method == "rows":
-            per_row(conn, target, names, keys, data)
+        if method == "load":
+            loaded, plan = load(conn, target, columns, Path(store_file))
         else:
-            raise SystemExit(f"unknown method {method!r}")
+            data = rows(Path(store_file), names)
+            if method == "copy":
+                copy_into(conn, sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(target, cols), types, data)
+            elif method == "stage":
+                stage(conn, target, names, types, keys, data)
+            elif method == "rows":
+                per_row(conn, target, names, keys, data)
+            else:
+                raise SystemExit(f"unknown method {method!r}")
         conn.commit()
         seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "peak_rss_kb": peak_rss_kb()}))
+        cpu_end, server_end, backend_end = _cpu(server, backend)
+    report: dict[str, Any] = {"seconds": seconds, "peak_rss_kb": peak_rss_kb(), "loaded": loaded, "plan": plan}
+    report["cpu_s"] = cpu_end - cpu_start
+    if server is not None:
+        report["server_cpu_s"] = server_end - server_start
+        report["backend_cpu_s"] = backend_end - backend_start
+    print(json.dumps(report))
+
+
+def _cpu(server: cpu.Server | None, backend: int) -> tuple[float, float, float]:
+    """This process's, the cluster's and our backend's CPU seconds so far."""
+    if server is None:
+        return time.process_time(), 0.0, 0.0
+    return time.process_time(), server.total(), cpu.process_cpu(backend)
+
+
+def load(
+    conn: psycopg.Connection[Any], target: sql.Identifier, columns: list[dict[str, Any]], path: Path
+) -> tuple[int, str]:
+    """The keys of the load lines into a temporary table by binary COPY, then one join returning
+    the documents, fetched as raw bytes. Returns how many were found, and the join the planner
+    chose (for the report; planning it again costs well under a millisecond).
+
+    The join is left to the planner, with statistics on the keys (an ANALYZE of 100k keys takes
+    milliseconds): what a careful user would write."""
+    key_cols = [c for c in columns if c["key"]]
+    doc = sql.Identifier(columns[-1]["name"])
+    names = sql.SQL(", ").join(sql.Identifier(c["name"]) for c in key_cols)
+    conn.execute(
+        sql.SQL("CREATE TEMP TABLE load_keys ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(names, target)
+    )
+    decode = msgspec.json.Decoder(LoadRequest).decode
+    with conn.cursor().copy(sql.SQL("COPY load_keys ({}) FROM STDIN (FORMAT BINARY)").format(names)) as copy:
+        copy.set_types([c["type"] for c in key_cols])
+        with path.open("rb") as f:
+            for line in f:
+                copy.write_row(fdb.tuple.unpack(base64.b64decode(decode(line).load.key_packed)))
+    conn.execute("ANALYZE load_keys")
+    on = sql.SQL(" AND ").join(sql.SQL("r.{0} = l.{0}").format(sql.Identifier(c["name"])) for c in key_cols)
+    cur = conn.cursor(binary=True)
+    cur.adapters.register_loader("json", RawJsonLoader)
+    query = sql.SQL("SELECT r.{} FROM load_keys AS l JOIN {} AS r ON {}").format(doc, target, on)
+    cur.execute(query)
+    found = len(cur.fetchall())
+    plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(query)).fetchone()
+    return found, plan[0][0]["Plan"]["Node Type"] if plan else "?"
 
 
 def copy_into(conn: psycopg.Connection[Any], statement: sql.Composable, types: list[str], data: Any) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from bench import cpu
 from materialize_postgres.protocol.messages import MaterializationSpec
 from materialize_postgres.runner.runtime import ProcessConnector, Runtime
 
@@ -31,6 +32,13 @@ class Phase:
     seconds: float
     peak_rss_kb: int
     loaded: int = 0
+    # CPU seconds over the phase (bench/cpu.py): the measured process's own, the whole local
+    # cluster's, and the backends serving the process's connections; None when not measured.
+    cpu_s: float | None = None
+    server_cpu_s: float | None = None
+    backend_cpu_s: float | None = None
+    load_seconds: float | None = None  # from the first load to `flushed` (connector phases)
+    plan: str | None = None  # the join the planner chose (the `load` baseline)
 
 
 @dataclass
@@ -60,29 +68,43 @@ def peak_rss_kb(pid: int) -> int:
     return 0
 
 
-def run_connector(spec: MaterializationSpec, txns: list[TxnFiles], log: Path) -> list[Phase]:
+def run_connector(spec: MaterializationSpec, txns: list[TxnFiles], log: Path, dsn: str | None = None) -> list[Phase]:
+    """Runs the transactions through one connector session; with `dsn`, also measures each phase's
+    CPU split between the connector and the server (bench/cpu.py)."""
     connector = ProcessConnector(connector_command())
     rt = Runtime(connector, spec)
     rt.open()
     connector.acknowledge()
     proc = connector.proc
     assert proc is not None and proc.stdin is not None and proc.stdout is not None
+    split: cpu.Split | None = None
     phases = []
     try:
+        if dsn:
+            split = cpu.Split(proc.pid, dsn, cpu.Server.of(dsn), "materialize-postgres ")
         for n, t in enumerate(txns):
+            before = split.start() if split else None
             start = time.perf_counter()
             loaded = _loads(proc, t.loads)
+            load_seconds = time.perf_counter() - start
             _stores(proc, t)
             checkpoint = b'{"sources":{"bench/pivot=00":{"readThrough":"%d"}}}' % (n + 1)
             proc.stdin.write(b'{"startCommit":{"runtimeCheckpoint":%s}}\n' % checkpoint)
             proc.stdin.flush()
             _expect(connector, "startedCommit")
             seconds = time.perf_counter() - start
-            phases.append(Phase(seconds, peak_rss_kb(proc.pid), loaded))
+            phase = Phase(seconds, peak_rss_kb(proc.pid), loaded, load_seconds=load_seconds)
             connector.acknowledge()
+            # Sampled after the acknowledgement, so that work the connector defers past its commit
+            # counts too; outside the timed section, which reading /proc would otherwise lengthen.
+            if split and before is not None:
+                phase.cpu_s, phase.server_cpu_s, phase.backend_cpu_s = split.since(before)
+            phases.append(phase)
     except (BrokenPipeError, RuntimeError) as e:
         raise RuntimeError(f"connector failed: {e}: {connector.stderr_tail()}") from e
     finally:
+        if split:
+            split.close()
         log.write_text("".join(x.decode(errors="replace") for x in connector.stderr_lines))
         connector.close()
     return phases
@@ -162,4 +184,12 @@ def run_baseline(method: str, dsn: str, table: str, columns: list[dict[str, Any]
     if out.returncode != 0:
         raise RuntimeError(f"baseline {method} failed: {out.stderr.decode(errors='replace')[-3000:]}")
     report = msgspec.json.decode(out.stdout.splitlines()[-1])
-    return Phase(report["seconds"], report["peak_rss_kb"])
+    return Phase(
+        report["seconds"],
+        report["peak_rss_kb"],
+        report.get("loaded", 0),
+        report.get("cpu_s"),
+        report.get("server_cpu_s"),
+        report.get("backend_cpu_s"),
+        plan=report.get("plan"),
+    )
