@@ -12,7 +12,10 @@ the rows into the table, commits, and prints a JSON line with its peak RSS.
 - `rows`: pipelined per-row INSERT / UPDATE / DELETE statements, the Go connector's strategy.
 - `load`: STORE_FILE holds protocol `load` lines instead: binary COPY of their keys into a
   temporary table, one join against the table returning the document column, every row fetched
-  (the ceiling for loads, bench/bigtable.py).
+  (the ceiling for loads, bench/bigtable.py), the join as the planner picks it;
+- `load-index`: the same with hash and merge joins disabled, so that each key is looked up in the
+  primary key's index: on a large table the planner's costs (random_page_cost 4) prefer a hash
+  join over a full scan even when the table sits in memory, and a careful user would try both.
 
 Besides its time, it reports the CPU seconds of its timed section: its own, the local server's and
 its backend's (bench/cpu.py), read outside the timed section.
@@ -137,8 +140,8 @@ def main(method: str, dsn: str, table: str, columns_json: str, store_file: str) 
         cpu_start, server_start, backend_start = _cpu(server, backend)
         # Timed like the connector's transactions: connected, from the first row to the commit.
         start = time.perf_counter()
-        if method == "load":
-            loaded, plan = load(conn, target, columns, Path(store_file))
+        if method in ("load", "load-index"):
+            loaded, plan = load(conn, target, columns, Path(store_file), index_join=method == "load-index")
         else:
             data = rows(Path(store_file), names)
             if method == "copy":
@@ -168,14 +171,14 @@ def _cpu(server: cpu.Server | None, backend: int) -> tuple[float, float, float]:
 
 
 def load(
-    conn: psycopg.Connection[Any], target: sql.Identifier, columns: list[dict[str, Any]], path: Path
+    conn: psycopg.Connection[Any], target: sql.Identifier, columns: list[dict[str, Any]], path: Path, index_join: bool
 ) -> tuple[int, str]:
     """The keys of the load lines into a temporary table by binary COPY, then one join returning
     the documents, fetched as raw bytes. Returns how many were found, and the join the planner
     chose (for the report; planning it again costs well under a millisecond).
 
-    The join is left to the planner, with statistics on the keys (an ANALYZE of 100k keys takes
-    milliseconds): what a careful user would write."""
+    The planner gets statistics on the keys (an ANALYZE of 100k keys takes milliseconds); with
+    `index_join` it may only pick a nested loop over the primary key's index."""
     key_cols = [c for c in columns if c["key"]]
     doc = sql.Identifier(columns[-1]["name"])
     names = sql.SQL(", ").join(sql.Identifier(c["name"]) for c in key_cols)
@@ -189,6 +192,9 @@ def load(
             for line in f:
                 copy.write_row(fdb.tuple.unpack(base64.b64decode(decode(line).load.key_packed)))
     conn.execute("ANALYZE load_keys")
+    if index_join:
+        conn.execute("SET LOCAL enable_hashjoin = off")
+        conn.execute("SET LOCAL enable_mergejoin = off")
     on = sql.SQL(" AND ").join(sql.SQL("r.{0} = l.{0}").format(sql.Identifier(c["name"])) for c in key_cols)
     cur = conn.cursor(binary=True)
     cur.adapters.register_loader("json", RawJsonLoader)

@@ -39,6 +39,7 @@ class Phase:
     backend_cpu_s: float | None = None
     load_seconds: float | None = None  # from the first load to `flushed` (connector phases)
     plan: str | None = None  # the join the planner chose (the `load` baseline)
+    wal_mb: float | None = None  # WAL written over the phase (the big-table merges)
 
 
 @dataclass
