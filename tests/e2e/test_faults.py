@@ -96,9 +96,11 @@ def run_with_faults(
         rt = Runtime(connector, spec)
         try:
             checkpoint = rt.open()
-            done = int(checkpoint.get("sources", {}).get("input", {}).get("readThrough", "-1"))
+            # Offsets are 1-based: a readThrough of 0 is protobuf's default, which its JSON omits,
+            # so a checkpoint of "0" reads back as nothing read (as it would in Flow).
+            done = int(checkpoint.get("sources", {}).get("input", {}).get("readThrough", "0")) - 1
             for i in range(done + 1, len(txns)):
-                rt.transaction(txns[i], {"sources": {"input": {"readThrough": str(i)}}})
+                rt.transaction(txns[i], {"sources": {"input": {"readThrough": str(i + 1)}}})
                 done = i
             connector.countdown = -1
             rt.close()
