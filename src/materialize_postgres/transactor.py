@@ -531,8 +531,7 @@ class CopyStream:
         try:
             _format_row(row, self._transformer, self._buffer)  # type: ignore[misc]
         except (TypeError, OverflowError, psycopg.DataError) as err:
-            self._abort(err)
-            raise TransactionError(f"table {'.'.join(self.table.path)}: a value cannot be encoded: {err}") from None
+            raise self._unencodable(err) from None
         if len(self._buffer) > _COPY_BUFFER:
             self._send()
 
@@ -540,8 +539,11 @@ class CopyStream:
         try:
             self.copy.write_row(row)
         except (TypeError, OverflowError, psycopg.DataError) as err:
-            self._abort(err)
-            raise TransactionError(f"table {'.'.join(self.table.path)}: a value cannot be encoded: {err}") from None
+            raise self._unencodable(err) from None
+
+    def _unencodable(self, err: Exception) -> TransactionError:
+        self._abort(err)
+        return TransactionError(f"table {'.'.join(self.table.path)}: a value cannot be encoded: {err}")
 
     def _send(self) -> None:
         data, self._buffer = self._buffer, bytearray()
