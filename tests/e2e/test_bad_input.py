@@ -199,6 +199,16 @@ def test_deeply_nested_and_large_documents_are_stored(session: Runtime, pg_datab
     assert length == 5_000_000
 
 
+def test_a_document_of_hundreds_of_megabytes_is_stored_whole(session: Runtime, pg_database: Any) -> None:
+    # PostgreSQL takes up to 1 GB per value; the connector holds a few copies of such a line.
+    session.transaction(
+        [("acme/typed", {"id": 22, "label": "y" * 200_000_000})], {"sources": {"s": {"readThrough": "2"}}}
+    )
+    with psycopg.connect(pg_database.dsn) as conn:
+        row = conn.execute("SELECT length(label), octet_length(flow_document::text) FROM typed WHERE id = 22")
+        assert row.fetchone() == (200_000_000, 200_000_020)
+
+
 def test_eof_right_after_an_acknowledge_is_a_clean_shutdown(session: Runtime, pg_database: Any) -> None:
     # Flow's runtime ends a session by closing stdin once a transaction is acknowledged.
     c = session.connector
