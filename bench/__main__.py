@@ -13,6 +13,7 @@ scale-out (`--shards 1,2,4`, bench/shards.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -66,7 +67,11 @@ def main() -> None:
     peer_errors = peers.install(args.peers)
     results: list[Result] = []
     extras = Extras()
-    with tempfile.TemporaryDirectory(prefix="mp-bench-", dir=args.tmp) as tmp:
+    if args.keep:
+        kept = tempfile.mkdtemp(prefix="mp-bench-", dir=args.tmp)
+        print(f"inputs and connector logs are kept in {kept}", flush=True)
+    work = contextlib.nullcontext(kept) if args.keep else tempfile.TemporaryDirectory(prefix="mp-bench-", dir=args.tmp)
+    with work as tmp:
         for n, wl in enumerate(chosen):
             print(f"== {wl.name}", flush=True)
             results += run_workload(wl, f"bench_{n}", target, Path(tmp), args.repeat, args.peers, peer_errors, args.cpu)
@@ -119,6 +124,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--user", default="postgres")
     p.add_argument("--database", default="bench")
     p.add_argument("--tmp", default=None, help="where generated input files go")
+    p.add_argument("--keep", action="store_true", help="keep the --tmp files (inputs, connector logs)")
     p.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = p.parse_args()
     if args.scenarios == ["none"]:

@@ -57,4 +57,6 @@ def test_loads_merges_and_deletes_use_the_primary_key(pg_database: Any, table: A
             plan = plan_of(conn, statement)
             assert "things_pkey" in plan, f"{name} does not probe the primary key:\n{plan}"
             assert "Seq Scan on things" not in plan, f"{name} scans the whole target:\n{plan}"
+            # Probes in key order touch neighbouring pages one after another.
+            assert "Sort Key: " in plan.split("things_pkey")[0], f"{name} probes in no particular order:\n{plan}"
         conn.rollback()
