@@ -340,7 +340,14 @@ class Transactor:
         if t.document is not None and not len(doc):
             raise TransactionError(f"store for binding {msg.binding} ({t.collection}) has no document")
         if b.fast_fields is not None and len(doc) and not len(msg.values):
-            parsed = _json.decode(doc)
+            try:
+                parsed = _json.decode(doc)
+            except msgspec.DecodeError as err:
+                key = _key_values(msg.key, msg.key_packed)
+                raise TransactionError(
+                    f"store for binding {msg.binding} ({t.collection}), key {_show(key)}: "
+                    f"the document cannot be read: {err}"
+                ) from None
             if type(parsed) is dict:
                 row = [parsed.get(f) for f in b.fast_fields]
                 row.append(bytes(doc))

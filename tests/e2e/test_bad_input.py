@@ -126,6 +126,34 @@ def test_nul_characters_are_removed_from_text(session: Runtime, pg_database: Any
     assert (7, "ab") in committed(pg_database)
 
 
+def test_a_number_beyond_double_range_is_refused_with_its_path(session: Runtime, pg_database: Any) -> None:
+    line = store_line(session, {"id": 8, "label": "huge", "x": 7.25}).replace(b'"x":7.25', b'"x":1e400')
+    assert b"1e400" in line
+    msg = fail_with(session, [FLUSH, store_line(session, {"id": 3, "label": "ok"}), line, COMMIT])
+    assert "key [8]" in msg and "document cannot be read: Number out of range" in msg
+    assert committed(pg_database) == [(1, "good")]
+
+
+def test_nul_characters_are_removed_from_text_keys_too(pg_database: Any) -> None:
+    # PostgreSQL text cannot hold NUL; a load of the same key finds the row stored under it.
+    coll = {
+        **TYPED,
+        "key": ["/label"],
+        "projections": [
+            {**p, "isPrimaryKey": p["field"] == "label"} for p in TYPED["projections"] if p["field"] != "id"
+        ],
+    }
+    spec = materialization(pg_database.endpoint_config(), binding("nulkeys", coll))
+    Runtime(ProcessConnector(), spec).validate_and_apply()
+    rt = Runtime(ProcessConnector(), spec)
+    rt.open()
+    rt.transaction([("acme/typed", {"label": "k\x00ey", "n": 1})], {"sources": {"s": {"readThrough": "1"}}})
+    rt.transaction([("acme/typed", {"label": "k\x00ey", "n": 2})], {"sources": {"s": {"readThrough": "2"}}})
+    rt.close()
+    with psycopg.connect(pg_database.dsn) as conn:
+        assert conn.execute("SELECT label, n FROM nulkeys").fetchall() == [("key", 2)]
+
+
 def test_missing_required_value(session: Runtime, pg_database: Any) -> None:
     msg = fail_with(session, [FLUSH, store_line(session, {"id": 9}), COMMIT])
     assert "typed" in msg and "label" in msg
