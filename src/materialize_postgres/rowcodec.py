@@ -124,7 +124,7 @@ class RowCodec:
                 else:
                     value = msgspec.json.decode(v)
                     row[i] = None if value is None else convert(_raw_containers(value))  # type: ignore[misc]
-        except (msgspec.MsgspecError, AttributeError, ValueError, TypeError, OverflowError):
+        except (msgspec.MsgspecError, AttributeError, ValueError, TypeError, OverflowError, RecursionError):
             return None
         row.append(doc if self._document is None else self._document(doc))
         return row

@@ -224,7 +224,7 @@ class Transactor:
             b.load_keys.append(
                 [conv(v) if v is not None else None for conv, v in zip(b.key_writer.converters, key, strict=True)]
             )
-        except (msgspec.MsgspecError, IndexError, ValueError, TypeError):
+        except (msgspec.MsgspecError, IndexError, ValueError, TypeError, RecursionError):
             return None
         if len(b.load_keys) >= LOAD_BUFFER_KEYS:
             self._send_load_keys(b)
@@ -303,7 +303,7 @@ class Transactor:
         try:
             req = rowcodec.decode_store_line(line).store
             b = self.bindings[req.binding] if req.binding >= 0 else None
-        except (msgspec.MsgspecError, IndexError):
+        except (msgspec.MsgspecError, IndexError, RecursionError):
             return None
         if b is None or b.codec is None or not len(req.doc):
             return None
@@ -342,7 +342,7 @@ class Transactor:
         if b.fast_fields is not None and len(doc) and not len(msg.values):
             try:
                 parsed = _json.decode(doc)
-            except msgspec.DecodeError as err:
+            except (msgspec.DecodeError, RecursionError) as err:
                 key = _key_values(msg.key, msg.key_packed)
                 raise TransactionError(
                     f"store for binding {msg.binding} ({t.collection}), key {_show(key)}: "

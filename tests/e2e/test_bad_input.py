@@ -134,6 +134,14 @@ def test_a_number_beyond_double_range_is_refused_with_its_path(session: Runtime,
     assert committed(pg_database) == [(1, "good")]
 
 
+def test_a_document_nested_too_deeply_to_read_is_refused(session: Runtime, pg_database: Any) -> None:
+    line = store_line(session, {"id": 8, "label": "deep", "extra": 0})
+    line = line.replace(b'"extra":0', b'"extra":' + b"[" * 5000 + b"]" * 5000)
+    msg = fail_with(session, [FLUSH, store_line(session, {"id": 3, "label": "ok"}), line, COMMIT])
+    assert "malformed request: nested too deeply" in msg and msg.startswith("line ")
+    assert committed(pg_database) == [(1, "good")]
+
+
 def test_nul_characters_are_removed_from_text_keys_too(pg_database: Any) -> None:
     # PostgreSQL text cannot hold NUL; a load of the same key finds the row stored under it.
     coll = {

@@ -134,6 +134,9 @@ def test_malformed_lines_raise() -> None:
         decode_request(b'{"load":{"keyPacked":')
     with pytest.raises(msgspec.DecodeError):
         decode_request(b'{"load":{"binding":"one"}}')
+    # Too deep for the decoder, even inside a raw document: a decode error, never a RecursionError.
+    with pytest.raises(msgspec.DecodeError, match="nested too deeply"):
+        decode_request(b'{"store":{"doc":' + b"[" * 5000 + b"]" * 5000 + b"}}")
 
 
 @pytest.mark.parametrize(

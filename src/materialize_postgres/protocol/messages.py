@@ -7,6 +7,7 @@ fields are `msgspec.Raw` so that documents pass through without being parsed and
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import msgspec
@@ -310,6 +311,11 @@ def decode_request(line: bytes | str) -> Request:
         return _request_decoder.decode(line)
     except UnicodeDecodeError as err:
         raise msgspec.DecodeError(f"invalid UTF-8: {err.reason} at byte {err.start}") from None
+    except RecursionError:
+        # msgspec descends one Python recursion level per nesting level, even into raw values.
+        raise msgspec.DecodeError(
+            f"nested too deeply: JSON deeper than about {sys.getrecursionlimit():,} levels cannot be read"
+        ) from None
 
 
 def encode(msg: Struct) -> bytes:
