@@ -81,6 +81,22 @@ def committed(pg_database: Any) -> list[tuple]:
         return conn.execute("SELECT id, label FROM typed ORDER BY id").fetchall()
 
 
+def label_keyed(pg_database: Any, table: str) -> Runtime:
+    """An open session on a table of TYPED documents keyed by their string /label."""
+    coll = {
+        **TYPED,
+        "key": ["/label"],
+        "projections": [
+            {**p, "isPrimaryKey": p["field"] == "label"} for p in TYPED["projections"] if p["field"] != "id"
+        ],
+    }
+    spec = materialization(pg_database.endpoint_config(), binding(table, coll))
+    Runtime(ProcessConnector(), spec).validate_and_apply()
+    rt = Runtime(ProcessConnector(), spec)
+    rt.open()
+    return rt
+
+
 FLUSH = b'{"flush":{}}'
 COMMIT = b'{"startCommit":{"runtimeCheckpoint":{"sources":{"s":{"readThrough":"2"}}}}}'
 
@@ -144,17 +160,7 @@ def test_a_document_nested_too_deeply_to_read_is_refused(session: Runtime, pg_da
 
 def test_nul_characters_are_removed_from_text_keys_too(pg_database: Any) -> None:
     # PostgreSQL text cannot hold NUL; a load of the same key finds the row stored under it.
-    coll = {
-        **TYPED,
-        "key": ["/label"],
-        "projections": [
-            {**p, "isPrimaryKey": p["field"] == "label"} for p in TYPED["projections"] if p["field"] != "id"
-        ],
-    }
-    spec = materialization(pg_database.endpoint_config(), binding("nulkeys", coll))
-    Runtime(ProcessConnector(), spec).validate_and_apply()
-    rt = Runtime(ProcessConnector(), spec)
-    rt.open()
+    rt = label_keyed(pg_database, "nulkeys")
     rt.transaction([("acme/typed", {"label": "k\x00ey", "n": 1})], {"sources": {"s": {"readThrough": "1"}}})
     rt.transaction([("acme/typed", {"label": "k\x00ey", "n": 2})], {"sources": {"s": {"readThrough": "2"}}})
     rt.close()
@@ -175,17 +181,7 @@ def test_insert_of_a_key_that_exists(session: Runtime, pg_database: Any) -> None
 
 
 def test_key_too_large_for_the_index(pg_database: Any) -> None:
-    coll = {
-        **TYPED,
-        "key": ["/label"],
-        "projections": [
-            {**p, "isPrimaryKey": p["field"] == "label"} for p in TYPED["projections"] if p["field"] != "id"
-        ],
-    }
-    spec = materialization(pg_database.endpoint_config(), binding("bigkeys", coll))
-    Runtime(ProcessConnector(), spec).validate_and_apply()
-    rt = Runtime(ProcessConnector(), spec)
-    rt.open()
+    rt = label_keyed(pg_database, "bigkeys")
     with pytest.raises(RuntimeError) as err:
         rt.transaction([("acme/typed", {"label": os.urandom(6000).hex()}) for i in range(3)], {"sources": {}})
     assert "bigkeys" in str(err.value) and "index" in str(err.value)
