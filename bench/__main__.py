@@ -67,11 +67,14 @@ def main() -> None:
     peer_errors = peers.install(args.peers)
     results: list[Result] = []
     extras = Extras()
-    if args.keep:
-        kept = tempfile.mkdtemp(prefix="mp-bench-", dir=args.tmp)
-        print(f"inputs and connector logs are kept in {kept}", flush=True)
-    work = contextlib.nullcontext(kept) if args.keep else tempfile.TemporaryDirectory(prefix="mp-bench-", dir=args.tmp)
+    work = (
+        contextlib.nullcontext(tempfile.mkdtemp(prefix="mp-bench-", dir=args.tmp))
+        if args.keep
+        else tempfile.TemporaryDirectory(prefix="mp-bench-", dir=args.tmp)
+    )
     with work as tmp:
+        if args.keep:
+            print(f"inputs and connector logs are kept in {tmp}", flush=True)
         for n, wl in enumerate(chosen):
             print(f"== {wl.name}", flush=True)
             results += run_workload(wl, f"bench_{n}", target, Path(tmp), args.repeat, args.peers, peer_errors, args.cpu)
