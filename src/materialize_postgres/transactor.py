@@ -31,7 +31,7 @@ from .connect import Target, connect
 from .identifiers import quote_path
 from .introspect import existing_tables, lookup
 from .protocol.messages import Load, MaterializationSpec, RangeSpec, Store
-from .protocol.tuples import unpack
+from .protocol.tuples import key_reader, unpack
 from .sql import dml
 from .tables import Column, Table, build_table, checkpoints_path
 from .typemap import Converter, ValueError_, writer_for
@@ -88,6 +88,9 @@ class BindingState:
     has_updates: bool = False
     has_deletes: bool = False
     has_loads: bool = False
+    # Reads a packed key straight into its key row, when every key column is an integer or text
+    # taken as is (protocol/tuples.py); None, or a None result, means unpack and convert.
+    read_key: Callable[[bytes], list[Any] | None] | None = None
     temps_created: set[str] = field(default_factory=set)
 
 
@@ -122,6 +125,8 @@ class Transactor:
         self.bindings = self._bindings()
         self.staged_bytes = 0
         self.stream: CopyStream | None = None
+        self.load_stream: CopyStream | None = None
+        self.pending_load_keys = 0
         self._create_temp_tables()
 
     # ----------------------------------------------------------------------------------------
@@ -146,14 +151,15 @@ class Transactor:
                     f"table {'.'.join(t.path)} has no column for field(s) {', '.join(missing)}: run Apply first"
                 )
             uuid_ptr = self.spec.bindings[t.binding].collection.uuid_ptr
-            rows = _writer(t.columns, types, uuid_ptr)
+            rows, keys = _writer(t.columns, types, uuid_ptr), _writer(t.keys, types)
             out.append(
                 BindingState(
                     t,
-                    _writer(t.keys, types),
+                    keys,
                     rows,
                     fast_fields=_fast_fields(t, uuid_ptr),
                     codec=rowcodec.codec_for(t, rows.converters, uuid_ptr),
+                    read_key=_key_reader(keys.converters),
                 )
             )
         return out
@@ -206,9 +212,7 @@ class Transactor:
         if b.table.delta_updates:
             raise TransactionError(f"load for delta-updates binding {msg.binding} ({b.table.collection})")
         key = _key_values(msg.key, msg.key_packed)
-        b.load_keys.append(self._convert(b, b.key_writer, key, key))
-        if len(b.load_keys) >= LOAD_BUFFER_KEYS:
-            self._send_load_keys(b)
+        self._load_key(b, self._convert(b, b.key_writer, key, key))
 
     def load_line(self, line: bytes) -> int | None:
         """The hot path of loads: a load request line straight to a key row. Returns the binding,
@@ -220,15 +224,54 @@ class Transactor:
             b = self.bindings[req.binding]
             if b.table.delta_updates:
                 return None
-            key = unpack(req.key_packed)
-            b.load_keys.append(
-                [conv(v) if v is not None else None for conv, v in zip(b.key_writer.converters, key, strict=True)]
-            )
+            key = b.read_key(req.key_packed) if b.read_key is not None else None
+            if key is None:
+                key = [
+                    conv(v) if v is not None else None
+                    for conv, v in zip(b.key_writer.converters, unpack(req.key_packed), strict=True)
+                ]
         except (msgspec.MsgspecError, IndexError, ValueError, TypeError, RecursionError):
             return None
-        if len(b.load_keys) >= LOAD_BUFFER_KEYS:
-            self._send_load_keys(b)
+        stream = self.load_stream
+        if stream is not None and stream.binding is b:
+            stream.write(key)
+        else:
+            self._load_key(b, key)
         return req.binding
+
+    # Keys go to PostgreSQL as they arrive, through one COPY at a time into the binding's key
+    # table, so the server ingests them while we decode the next; keys of another binding wait
+    # in memory until LOAD_BUFFER_KEYS of them are pending (as stores do with their byte budget).
+
+    def _load_key(self, b: BindingState, key: list[Any]) -> None:
+        stream = self.load_stream
+        if stream is not None and stream.binding is b:
+            stream.write(key)
+        elif stream is None and self.pending_load_keys == 0:
+            self.load_stream = self._open_load_stream(b)
+            self.load_stream.write(key)
+        else:
+            b.load_keys.append(key)
+            self.pending_load_keys += 1
+            if self.pending_load_keys >= LOAD_BUFFER_KEYS:
+                self._send_load_keys()
+
+    def _open_load_stream(self, b: BindingState) -> CopyStream:
+        b.has_loads = True
+        return CopyStream(self.load_conn, b, "load", dml.temp_name("load", b.table), b.key_writer)
+
+    def _send_load_keys(self) -> None:
+        if self.load_stream is not None:
+            stream, self.load_stream = self.load_stream, None
+            stream.close()
+        for b in self.bindings:
+            if b.load_keys:
+                stream = self._open_load_stream(b)
+                for key in b.load_keys:
+                    stream.write(key)
+                stream.close()
+                b.load_keys = []
+        self.pending_load_keys = 0
 
     def _fetch_loaded(self, query: str, emit: Callable[[int, bytes], None]) -> int:
         """Run the load query through a server-side cursor, fetching batches sized to hold about
@@ -251,20 +294,9 @@ class Transactor:
             cur.close()
         return found
 
-    def _send_load_keys(self, b: BindingState) -> None:
-        if not b.load_keys:
-            return
-        stream = CopyStream(self.load_conn, b, "load", dml.temp_name("load", b.table), b.key_writer)
-        for key in b.load_keys:
-            stream.write(key)
-        stream.close()
-        b.load_keys = []
-        b.has_loads = True
-
     def flush(self, emit: Callable[[int, bytes], None]) -> int:
         """Run every pending load as one query and emit each document found."""
-        for b in self.bindings:
-            self._send_load_keys(b)
+        self._send_load_keys()
         parts = []
         for b in self.bindings:
             if not b.has_loads:
@@ -498,9 +530,10 @@ class Transactor:
             raise _store_error(err, t) from None
 
     def close(self) -> None:
-        if self.stream is not None:
-            self.stream._abort(TransactionError("closing"))
-            self.stream = None
+        for stream in (self.stream, self.load_stream):
+            if stream is not None:
+                stream._abort(TransactionError("closing"))
+        self.stream = self.load_stream = None
         for conn in (self.load_conn, self.store_conn):
             with contextlib.suppress(Exception):  # closing must never mask the error that brought us here
                 conn.close()
@@ -612,6 +645,16 @@ def _fast_fields(t: Table, uuid_ptr: str) -> list[str] | None:
             return None
         out.append(p.ptr[1:])
     return out
+
+
+_AS_IS: dict[Converter, type] = {typemap._as_int: int, typemap._as_text: str}
+
+
+def _key_reader(converters: list[Converter]) -> Callable[[bytes], list[Any] | None] | None:
+    kinds = [_AS_IS.get(conv) for conv in converters]
+    if not kinds or None in kinds:
+        return None
+    return key_reader(tuple(k for k in kinds if k is not None))
 
 
 def _key_values(raw: msgspec.Raw | None, packed: bytes) -> list[Any]:

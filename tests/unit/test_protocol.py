@@ -8,6 +8,8 @@ import json
 import fdb.tuple
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from materialize_postgres.protocol.messages import (
     Acknowledged,
@@ -25,7 +27,7 @@ from materialize_postgres.protocol.messages import (
     encode,
     raw,
 )
-from materialize_postgres.protocol.tuples import TupleError, unpack, unpack_json
+from materialize_postgres.protocol.tuples import TupleError, key_reader, unpack, unpack_json, unpack_keys
 
 
 def test_every_request_kind_decodes_with_defaults_omitted() -> None:
@@ -158,3 +160,41 @@ def test_tuple_elements_round_trip() -> None:
 def test_a_broken_tuple_is_a_clear_error() -> None:
     with pytest.raises(TupleError, match="cannot be decoded"):
         unpack(b"\x15")
+
+
+_KEY_ELEMENT = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.integers(min_value=-300, max_value=300),
+    st.text(),
+    st.binary(max_size=4),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.none(),
+)
+
+
+@given(st.lists(_KEY_ELEMENT, max_size=4), st.lists(st.sampled_from([int, str]), min_size=1, max_size=4))
+def test_the_fast_key_reader_agrees_with_fdb_or_declines(key: list, kinds: list) -> None:
+    """Whatever the fast reader returns is what fdb unpacks; it declines (None) rather than guess."""
+    packed = fdb.tuple.pack(tuple(key))
+    for read in (lambda p: unpack_keys(p, tuple(kinds)), key_reader(tuple(kinds))):
+        got = read(packed)
+        if got is not None:
+            assert got == list(fdb.tuple.unpack(packed))
+            assert [type(v) for v in got] == kinds
+
+
+@given(st.lists(st.one_of(st.integers(min_value=-(2**56) + 1, max_value=2**56 - 1), st.text()), min_size=1, max_size=4))
+def test_the_fast_key_reader_takes_every_narrow_integer_and_plain_string(key: list) -> None:
+    kinds = tuple(type(v) for v in key)
+    packed = fdb.tuple.pack(tuple(key))
+    expected = None if any(isinstance(v, str) and "\x00" in v for v in key) else key
+    assert unpack_keys(packed, kinds) == expected
+    assert key_reader(kinds)(packed) == expected
+
+
+@given(st.binary(max_size=12), st.lists(st.sampled_from([int, str]), min_size=1, max_size=3))
+def test_the_fast_key_reader_never_raises_on_garbage(packed: bytes, kinds: list) -> None:
+    got = key_reader(tuple(kinds))(packed)
+    if got is not None:
+        assert got == list(fdb.tuple.unpack(packed))
