@@ -291,7 +291,8 @@ def _merge(
     first change to each page writes the whole page (full_page_writes), which is what updates spread
     over a table far larger than shared_buffers cost, and what a small table hardly pays."""
     before = wal_lsn(result.target)
-    [phase] = driver.run_connector(spec, [files], tmp / f"{TABLE}.merge.log", result.target.dsn)
+    log = tmp / f"{spec.bindings[0].resource_path[-1]}.merge.log"  # one per table, for --keep
+    [phase] = driver.run_connector(spec, [files], log, result.target.dsn)
     phase.wal_mb = (wal_lsn(result.target) - before) / 1e6
     return _checked(phase, updates, "merge loads")
 
