@@ -87,7 +87,10 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
                     continue
             elif state == _LOAD and line.startswith(b'{"load":'):
                 assert txn_stats is not None
-                binding = load_line(line)
+                try:
+                    binding = load_line(line)  # keys stream to PostgreSQL as they come
+                except (psycopg.OperationalError, ConnectionLost) as err:
+                    raise _lost("load", line_no, err) from None
                 if binding is not None:
                     txn_stats.load(binding)
                     continue
