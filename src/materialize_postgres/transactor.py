@@ -623,7 +623,7 @@ def _tune_session(conn: psycopg.Connection) -> None:
     No statement timeout: a large commit may take long. No JIT: the temporary tables have no
     statistics, so the planner guesses a few hundred thousand rows, and compiling then costs more
     than the index probes it would speed up. Memory to sort the key and staging tables in one
-    pass (a server default of 4 MB spilled a 100k-row merge's sort to disk), unless the server
+    pass (a server default of 4 MB spilled the sort of a 20k-row merge of 1 KiB documents to disk), unless the server
     already allows more.
     """
     conn.execute("SET statement_timeout = 0")
