@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,15 +69,24 @@ def peak_rss_kb(pid: int) -> int:
     return 0
 
 
-def run_connector(spec: MaterializationSpec, txns: list[TxnFiles], log: Path, dsn: str | None = None) -> list[Phase]:
+def run_connector(
+    spec: MaterializationSpec,
+    txns: list[TxnFiles],
+    log: Path,
+    dsn: str | None = None,
+    opened: Callable[[int], None] | None = None,
+) -> list[Phase]:
     """Runs the transactions through one connector session; with `dsn`, also measures each phase's
-    CPU split between the connector and the server (bench/cpu.py)."""
+    CPU split between the connector and the server (bench/cpu.py). `opened` is called with the
+    connector's pid once its session is open (to attach a profiler)."""
     connector = ProcessConnector(connector_command())
     rt = Runtime(connector, spec)
     rt.open()
     connector.acknowledge()
     proc = connector.proc
     assert proc is not None and proc.stdin is not None and proc.stdout is not None
+    if opened:
+        opened(proc.pid)
     split: cpu.Split | None = None
     phases = []
     try:

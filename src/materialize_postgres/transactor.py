@@ -42,6 +42,7 @@ BUFFER_BYTES = 32 * 1024 * 1024  # staged rows held in memory before they are se
 LOAD_BUFFER_KEYS = 50_000
 LOAD_BATCH_BYTES = 8 * 1024 * 1024  # loaded documents fetched per round trip
 LOAD_BATCH_ROWS = 5000
+SORT_MEMORY = 64 << 20  # work_mem of our sessions, at least (_tune_session)
 # Above this document size a merge is cheaper as a pipelined per-row UPDATE than through a
 # staging table, which would write each large document twice (measured: bench/RESULTS.md).
 LARGE_DOC_BYTES = 256 * 1024
@@ -232,11 +233,7 @@ class Transactor:
                 ]
         except (msgspec.MsgspecError, IndexError, ValueError, TypeError, RecursionError):
             return None
-        stream = self.load_stream
-        if stream is not None and stream.binding is b:
-            stream.write(key)
-        else:
-            self._load_key(b, key)
+        self._load_key(b, key)
         return req.binding
 
     # Keys go to PostgreSQL as they arrive, through one COPY at a time into the binding's key
@@ -614,17 +611,14 @@ _COPY_TRAILER = b"\xff\xff"
 _COPY_BUFFER = 1 << 15
 
 
-SORT_MEMORY = 64 << 20
-
-
 def _tune_session(conn: psycopg.Connection) -> None:
     """Settings of our own sessions, for the few statements they run.
 
     No statement timeout: a large commit may take long. No JIT: the temporary tables have no
     statistics, so the planner guesses a few hundred thousand rows, and compiling then costs more
     than the index probes it would speed up. Memory to sort the key and staging tables in one
-    pass (a server default of 4 MB spilled the sort of a 20k-row merge of 1 KiB documents to disk), unless the server
-    already allows more.
+    pass, unless the server already allows more: its default of 4 MB spilled the sort of a merge
+    of 20,000 documents of 1 KiB to disk.
     """
     conn.execute("SET statement_timeout = 0")
     if conn.info.server_version >= 110000:  # JIT arrived in PostgreSQL 11
