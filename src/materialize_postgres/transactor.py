@@ -220,21 +220,28 @@ class Transactor:
         or None to have `load` handle the line (and report what is wrong with it)."""
         try:
             req = rowcodec.decode_load_line(line).load
-            if req.binding < 0:
-                return None
-            b = self.bindings[req.binding]
+        except (msgspec.MsgspecError, RecursionError):
+            return None
+        return req.binding if self.load_packed(req.binding, req.key_packed) else None
+
+    def load_packed(self, binding: int, packed: bytes) -> bool:
+        """A packed key to load, without a Load message; False to leave it to `load`."""
+        try:
+            if binding < 0:
+                return False
+            b = self.bindings[binding]
             if b.table.delta_updates:
-                return None
-            key = b.read_key(req.key_packed) if b.read_key is not None else None
+                return False
+            key = b.read_key(packed) if b.read_key is not None else None
             if key is None:
                 key = [
                     conv(v) if v is not None else None
-                    for conv, v in zip(b.key_writer.converters, unpack(req.key_packed), strict=True)
+                    for conv, v in zip(b.key_writer.converters, unpack(packed), strict=True)
                 ]
-        except (msgspec.MsgspecError, IndexError, ValueError, TypeError, RecursionError):
-            return None
+        except (IndexError, ValueError, TypeError):
+            return False
         self._load_key(b, key)
-        return req.binding
+        return True
 
     # Keys go to PostgreSQL as they arrive, through one COPY at a time into the binding's key
     # table, so the server ingests them while we decode the next; keys of another binding wait

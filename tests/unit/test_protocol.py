@@ -27,7 +27,7 @@ from materialize_postgres.protocol.messages import (
     encode,
     raw,
 )
-from materialize_postgres.protocol.tuples import TupleError, key_reader, unpack, unpack_json, unpack_keys
+from materialize_postgres.protocol.tuples import TupleError, key_reader, pack_keys, unpack, unpack_json, unpack_keys
 
 
 def test_every_request_kind_decodes_with_defaults_omitted() -> None:
@@ -198,3 +198,14 @@ def test_the_fast_key_reader_never_raises_on_garbage(packed: bytes, kinds: list)
     got = key_reader(tuple(kinds))(packed)
     if got is not None:
         assert got == list(fdb.tuple.unpack(packed))
+
+
+@given(st.lists(_KEY_ELEMENT, max_size=4))
+def test_the_fast_key_packer_packs_exactly_as_fdb_or_declines(key: list) -> None:
+    """Shards route keys by a hash of these bytes, so they must be fdb's, byte for byte."""
+    packed = pack_keys(key)
+    if packed is not None:
+        assert packed == fdb.tuple.pack(tuple(key))
+        assert unpack_keys(packed, tuple(type(v) for v in key)) == key
+    narrow = all((type(v) is int and abs(v) < 2**56) or (type(v) is str and "\x00" not in v) for v in key)
+    assert (packed is not None) == narrow

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import fdb.tuple
@@ -94,3 +94,35 @@ def key_reader(kinds: tuple[type, ...]) -> Callable[[bytes], list[Any] | None]:
         return unpack_keys(packed, kinds)
 
     return one_int
+
+
+def pack_keys(values: Iterable[Any]) -> bytes | None:
+    """The inverse of `unpack_keys`: a key of integers (up to 7 bytes) and strings without NUL
+    characters, packed as FoundationDB's tuple layer packs it; None for anything else (the caller
+    packs that with fdb)."""
+    out = bytearray()
+    for v in values:
+        kind = type(v)
+        if kind is int:
+            size = (abs(v).bit_length() + 7) // 8
+            if size > 7:
+                return None
+            if v >= 0:
+                out.append(0x14 + size)
+                out += v.to_bytes(size, "big")
+            else:
+                out.append(0x14 - size)
+                out += (v + (1 << (8 * size)) - 1).to_bytes(size, "big")
+        elif kind is str:
+            try:
+                encoded = v.encode()
+            except UnicodeEncodeError:  # a lone surrogate: fdb's error, not ours
+                return None
+            if encoded.find(b"\x00") != -1:
+                return None
+            out.append(0x02)
+            out += encoded
+            out.append(0)
+        else:
+            return None
+    return bytes(out)
