@@ -3,6 +3,7 @@ stdio, or the standalone runner in-process)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 
 from . import config as cfgmod
@@ -26,6 +27,7 @@ from .transactor import Transactor
 from .validate import validate
 
 log = logging.getLogger(__name__)
+GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (Python's default: 700)
 
 
 def endpoint_config(raw_config: object) -> EndpointConfig:
@@ -86,6 +88,21 @@ class Session:
     def close(self) -> None:
         self.transactor.close()
         self._endpoint.__exit__(None, None, None)
+
+
+def settle_heap() -> None:
+    """For a process that runs one session (the connector, the runner's command), never for a
+    library caller's process, whose collector is its own.
+
+    Everything allocated before the session opened (modules, the spec, the session) lives as long
+    as the process: frozen, the cyclic collector no longer walks it at each full collection, which
+    transactions holding many rows or documents set off often. The young generation's threshold
+    is raised for the same reason: rows and documents hold no cycles, and collecting every 700
+    allocations cost the runner a fifth of its time (200k documents: 6.0-6.3 s, 4.6-5.2 s with
+    10,000)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def raw_json(data: bytes):

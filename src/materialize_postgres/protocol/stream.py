@@ -8,7 +8,6 @@ exits non-zero, which rolls back whatever the transaction had written.
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Callable
 from typing import BinaryIO
@@ -107,7 +106,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
             if session is None:
                 session = _unary(kind, req, output, line_no)
                 if session is not None:
-                    _settle_heap()
+                    driver.settle_heap()
                     txn_stats = Metrics([".".join(b.table.path) for b in session.transactor.bindings])
                     store_line = session.transactor.store_line
                     load_line = session.transactor.load_line
@@ -135,14 +134,6 @@ def _lost(kind: str, line_no: int, err: Exception) -> ProtocolError:
         f"{' '.join(str(err).split())}. Nothing of the open transaction was committed; on restart the "
         "connector resumes from the last committed checkpoint"
     )
-
-
-def _settle_heap() -> None:
-    """Once the session is open, everything allocated so far (modules, the spec, the session)
-    lives as long as the process: frozen, the cyclic collector no longer walks it on each full
-    collection while transactions hold many rows in memory."""
-    gc.collect()
-    gc.freeze()
 
 
 def _no_fast_path(line: bytes) -> None:

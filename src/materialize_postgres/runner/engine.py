@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 
+from ..driver import settle_heap
 from ..embedded import EmbeddedPostgres, default_data_dir
 from ..protocol.messages import MaterializationSpec, RangeSpec, parse_raw, raw
 from .catalog import Catalog, load_catalog
@@ -316,6 +317,7 @@ def run(opts: RunOptions, progress: Any = None, after: Any = None) -> Summary:
             summary.data_dir = str(m.server.data_dir)
             summary.connect_hint = "materialize-postgres embedded start"
         offsets = m.sources()
+        settle_heap()  # this process runs one session
         try:
             for txn in transactions(opts, m):
                 summary.documents += m.transaction(txn.docs, sources={txn.source: txn.offset}, lines=txn.lines)
