@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -151,6 +152,7 @@ def test_unsupported_reduction_is_refused_at_start(pg_database: Any, tmp_path: P
 
 def test_python_api(pg_database: Any, tmp_path: Path) -> None:
     cat = catalog(tmp_path, pg_database.endpoint_config())
+    collector = (gc.get_threshold(), gc.get_freeze_count())
     with Materialization.open(cat) as m:
         assert m.committed_position is None
         m.transaction([("acme/orders", order(1)), ("acme/orders", order(2))], position=1)
@@ -161,6 +163,8 @@ def test_python_api(pg_database: Any, tmp_path: Path) -> None:
     with Materialization.open(cat) as m:
         assert m.committed_position == 2
     assert rows(pg_database.dsn) == [(1, "shipped", 2), (2, "placed", 1)]
+    # The garbage collector's settings are the calling program's; only our own processes tune them.
+    assert (gc.get_threshold(), gc.get_freeze_count()) == collector
 
 
 @pytest.mark.parametrize("bad", ["collections: [", "collections:\n  a/b:\n    schema: {type: object}\n"])
