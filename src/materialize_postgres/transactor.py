@@ -628,12 +628,28 @@ def _tune_session(conn: psycopg.Connection) -> None:
     of 20,000 documents of 1 KiB to disk.
     """
     conn.execute("SET statement_timeout = 0")
-    if conn.info.server_version >= 110000:  # JIT arrived in PostgreSQL 11
-        conn.execute("SET jit = off")
-    work_mem = conn.execute("SELECT pg_size_bytes(current_setting('work_mem'))").fetchone()
-    if work_mem is not None and work_mem[0] < SORT_MEMORY:
-        conn.execute(f"SET work_mem = '{SORT_MEMORY >> 20}MB'")
     conn.commit()
+    if conn.info.server_version >= 110000:  # JIT arrived in PostgreSQL 11
+        _try_setting(conn, "SET jit = off")
+    _try_setting(
+        conn,
+        f"SELECT set_config('work_mem', '{SORT_MEMORY >> 10}kB', false) "
+        f"WHERE pg_size_bytes(current_setting('work_mem')) < {SORT_MEMORY}",
+    )
+
+
+def _try_setting(conn: psycopg.Connection, stmt: str) -> None:
+    """A setting that only makes us faster: a server that refuses it (a managed service's
+    restrictions, a proxy) costs speed, never the session."""
+    try:
+        conn.execute(stmt)
+        conn.commit()  # a session SET in a transaction that rolls back is undone with it
+    except psycopg.Error as err:
+        conn.rollback()
+        log.info(
+            "a session setting was refused; going on without it",
+            extra={"fields": {"statement": stmt, "error": str(err).strip()}},
+        )
 
 
 def _prefer_lz4(conn: psycopg.Connection) -> None:
@@ -647,12 +663,11 @@ def _prefer_lz4(conn: psycopg.Connection) -> None:
     (ALTER TABLE ... ALTER COLUMN ... SET COMPRESSION pglz) keeps it. PostgreSQL before 14, or a
     build without LZ4, has no such choice, and keeps its default.
     """
-    row = conn.execute(
-        "SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)"
-    ).fetchone()
-    if row is not None:
-        conn.execute("SET default_toast_compression = lz4")
-    conn.commit()
+    _try_setting(
+        conn,
+        "SELECT set_config('default_toast_compression', 'lz4', false) FROM pg_settings "
+        "WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)",
+    )
 
 
 def _store_error(err: psycopg.Error, t: Table) -> TransactionError:
