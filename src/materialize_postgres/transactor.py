@@ -338,28 +338,33 @@ class Transactor:
         read it. Returns (binding, bytes) when stored, None to have `store` handle the line."""
         try:
             req = rowcodec.decode_store_line(line).store
-            b = self.bindings[req.binding] if req.binding >= 0 else None
-        except (msgspec.MsgspecError, IndexError, RecursionError):
+        except (msgspec.MsgspecError, RecursionError):
             return None
-        if b is None or b.codec is None or not len(req.doc):
+        if not self.store_document(req.binding, bytes(req.doc), req.exists, req.delete, len(line)):
             return None
-        doc = bytes(req.doc)
+        return req.binding, len(line)
+
+    def store_document(self, binding: int, doc: bytes, exists: bool, delete: bool, size: int) -> bool:
+        """A store read from its document alone by the binding's row codec, without the packed
+        key and values; False to leave it to `store` (which reports what is wrong with it)."""
+        b = self.bindings[binding] if 0 <= binding < len(self.bindings) else None
+        if b is None or b.codec is None or not doc:
+            return False
         row = b.codec.row(doc)
         if row is None:
-            return None
-        size = len(line)
-        if req.delete and self.hard_delete and not b.table.delta_updates:
-            if req.exists:
+            return False
+        if delete and self.hard_delete and not b.table.delta_updates:
+            if exists:
                 self._route(b, "delete", row[: len(b.table.keys)], 64)
-            return req.binding, size
+            return True
         # The common case, inlined: the open COPY takes this binding's rows of this kind.
         stream = self.stream
-        kind = "update" if req.exists and not b.table.delta_updates else "insert"
+        kind = "update" if exists and not b.table.delta_updates else "insert"
         if stream is not None and stream.binding is b and stream.kind == kind and len(doc) < LARGE_DOC_BYTES:
             stream.write(row)
-            return req.binding, size
-        self._put(b, req.exists, row, len(doc), size)
-        return req.binding, size
+            return True
+        self._put(b, exists, row, len(doc), size)
+        return True
 
     def _put(self, b: BindingState, exists: bool, row: list[Any], doc_bytes: int, size: int) -> None:
         if exists and not b.table.delta_updates:

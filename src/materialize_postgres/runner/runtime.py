@@ -216,13 +216,7 @@ class InProcessConnector:
         """The connector process's hot path (its row codec reads the columns from the document),
         taken in-process: no packed key and values to build and then unpack. False when the
         binding's codec cannot read this document; then the caller sends the full Store."""
-        line = b'{"store":{"binding":%d,"doc":%s,"exists":%s,"delete":%s}}' % (
-            binding,
-            doc,
-            b"true" if exists else b"false",
-            b"true" if delete else b"false",
-        )
-        return self.session.transactor.store_line(line) is not None
+        return self.session.transactor.store_document(binding, doc, exists, delete, len(doc))
 
     def start_commit(self, checkpoint: bytes) -> None:
         self.session.transactor.start_commit(checkpoint or None)
